@@ -1,0 +1,47 @@
+# quill — the two commands a new user runs:
+#   make run    install what is missing, build, fetch the default model, start quill
+#   make test   install what is missing, build, run every test
+# Build folders: build/ (release, CUDA where nvcc exists), build-asan/ (ASan + UBSan).
+
+BUILD      ?= build
+ASAN_BUILD ?= build-asan
+JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
+CMAKE_ARGS ?=
+PORT       ?= 8000
+
+.PHONY: all deps build test asan test-asan run model clean fuzz
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+$(BUILD)/CMakeCache.txt:
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(CMAKE_ARGS)
+
+build: deps $(BUILD)/CMakeCache.txt
+	cmake --build $(BUILD) -j $(JOBS)
+
+test: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+$(ASAN_BUILD)/CMakeCache.txt:
+	cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DQL_SANITIZE=ON -DQL_CUDA=OFF $(CMAKE_ARGS)
+
+asan: deps $(ASAN_BUILD)/CMakeCache.txt
+	cmake --build $(ASAN_BUILD) -j $(JOBS)
+
+test-asan: asan
+	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+		ctest --output-on-failure -j $(JOBS)
+
+model:
+	@scripts/fetch-model.sh
+
+run: build
+	@model=$$(scripts/fetch-model.sh | tail -n 1) && \
+	  $(BUILD)/quill --version && \
+	  scripts/run-default.sh $(BUILD)/quill "$$model" $(PORT)
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD)

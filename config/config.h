@@ -1,0 +1,148 @@
+/*
+ * config/config.h — quill's one configuration struct and how it is filled:
+ * defaults < JSON config file (--config) < environment (QUILL_*) < command-line flags.
+ *
+ * Every knob lives in one table (config/config.c) that also drives --help, the JSON keys
+ * (the flag name with '-' or '_'), the environment names (QUILL_ + upper-case name with
+ * '_') and validation. A bad value is refused with one line naming the flag, variable or
+ * key and the accepted range; the binary turns that into exit code 2.
+ */
+#ifndef QL_CONFIG_H
+#define QL_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "core/core.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Subcommands, as a bit set: each option names the commands that accept it. */
+typedef enum ql_cmd_e {
+    QL_CMD_SERVE = 1 << 0,
+    QL_CMD_RUN = 1 << 1,
+    QL_CMD_BENCH = 1 << 2,
+    QL_CMD_TOKENIZE = 1 << 3,
+    QL_CMD_INSPECT = 1 << 4,
+    QL_CMD_MKMODEL = 1 << 5,
+} ql_cmd_t;
+
+typedef enum ql_backend_kind_e {
+    QL_BACKEND_KIND_AUTO = 0,
+    QL_BACKEND_KIND_CPU = 1,
+    QL_BACKEND_KIND_CUDA = 2,
+} ql_backend_kind_t;
+
+typedef enum ql_spec_method_e {
+    QL_SPEC_METHOD_NONE = 0,
+    QL_SPEC_METHOD_DRAFT = 1,
+    QL_SPEC_METHOD_NGRAM = 2,
+    QL_SPEC_METHOD_LAYERSKIP = 3,
+} ql_spec_method_t;
+
+/* A list of strings (API keys); owned by the config. */
+typedef struct ql_strlist_s {
+    char **v;
+    int n;
+} ql_strlist_t;
+
+typedef struct ql_config_s {
+    /* ---- common ---- */
+    char *config_path;   /* --config: JSON file read before the environment */
+    int log_level;       /* ql_log_level_t */
+    char *model;         /* path to a GGUF file */
+    int threads;         /* CPU threads; 0 = all online cores */
+    int backend;         /* ql_backend_kind_t */
+    char *chat_template; /* "auto" or a template name (model/chat.h) */
+
+    /* ---- server ---- */
+    char *host;
+    int port;
+    ql_strlist_t api_keys;     /* empty = no authentication */
+    char *served_model_name;   /* NULL = the model file's base name */
+    int max_connections;
+    uint64_t max_request_bytes; /* largest accepted request body */
+    int max_queue;             /* waiting requests before 429 */
+    int max_n;                 /* largest `n` (choices) per request */
+    int request_timeout_s;     /* 0 = none */
+    int idle_timeout_s;        /* keep-alive connection idle limit */
+    int shutdown_timeout_s;    /* drain time on SIGTERM */
+
+    /* ---- engine ---- */
+    uint64_t kv_cache_bytes;       /* CPU KV pool size */
+    double gpu_memory_utilization; /* fraction of device memory for weights + KV */
+    int block_size;                /* tokens per KV block */
+    int max_num_seqs;
+    int max_batched_tokens;
+    int max_model_len;             /* 0 = the model's context length */
+    int no_prefix_cache;
+
+    /* ---- speculative decoding ---- */
+    int spec_method;          /* ql_spec_method_t */
+    char *draft_model;
+    int num_speculative_tokens;
+    int spec_layers;          /* layerskip: draft = first L layers */
+    int spec_ngram_max;       /* ngram: longest n-gram looked up */
+
+    /* ---- run / tokenize ---- */
+    char *prompt;
+    int n_predict;            /* -1 = until EOS or the context is full */
+    int chat;
+    int verbose;
+    double temperature;
+    int top_k;
+    double top_p;
+    double min_p;
+    double repeat_penalty;
+    int64_t seed;             /* -1 = random */
+    int ignore_eos;
+
+    /* ---- mkmodel ---- */
+    char *shape;
+    char *shape_config;       /* mkmodel --config: a JSON shape file */
+    char *output;
+    char *wtype;              /* weight type name: f16, q8_0, q4_0, q4_1, ... */
+
+    /* ---- positional arguments (borrowed from argv) ---- */
+    char **args;
+    int n_args;
+} ql_config_t;
+
+/* ql_config_load() returns this (positive) when -h/--help was given: print help, exit 0. */
+#define QL_CONFIG_HELP 1
+
+/** Fills `c` with the defaults. Release with ql_config_free(). */
+QL_API void ql_config_defaults(ql_config_t *c);
+
+/** Fills `c` for subcommand `cmd` from, in rising precedence: defaults, the JSON file named
+ *  by --config (or QUILL_CONFIG), the environment `envp` (NULL-terminated "K=V" strings;
+ *  may be NULL) and the flags argv[0..argc) (argv[0] is the first flag, not the program).
+ *  On error writes one line (no newline) into err[errlen] naming the flag, variable or key
+ *  and what is accepted. `c` keeps pointers into argv for positional arguments.
+ *  @return 0, QL_CONFIG_HELP, QL_EINVAL (bad input), QL_EIO (config file unreadable). */
+QL_API int ql_config_load(ql_config_t *c, ql_cmd_t cmd, int argc, char **argv, char **envp,
+                          char *err, size_t errlen);
+
+/** Frees the strings `c` owns; `c` may then be reused with ql_config_defaults(). */
+QL_API void ql_config_free(ql_config_t *c);
+
+/** Writes the flags `cmd` accepts, each with its default, range and environment name. */
+QL_API void ql_config_print_help(FILE *f, ql_cmd_t cmd);
+
+/** The command's name ("serve", ...), or NULL for an unknown bit. */
+QL_API const char *ql_cmd_name(ql_cmd_t cmd);
+/** Parses a command name. @return 0 or QL_EINVAL. */
+QL_API int ql_cmd_parse(const char *name, ql_cmd_t *out);
+
+/** Parses a byte size: a number with an optional suffix K, M, G, T (powers of 1024; "KiB",
+ *  "MB" etc. accepted). @return 0 or QL_EINVAL. */
+QL_API int ql_config_parse_size(const char *s, uint64_t *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* QL_CONFIG_H */

@@ -1,0 +1,35 @@
+/*
+ * server/cmd-stub.c — subcommands whose work a later part of quill delivers. Each parses
+ * its flags (so bad values are refused today) and then says plainly it is not available.
+ */
+#include "server/cmd.h"
+
+int ql_cmd_serve(const ql_config_t *cfg) {
+    (void)cfg;
+    return ql_cmd_not_available("serve", "the HTTP server");
+}
+
+int ql_cmd_run(const ql_config_t *cfg) {
+    (void)cfg;
+    return ql_cmd_not_available("run", "generation (the CPU backend)");
+}
+
+int ql_cmd_bench(const ql_config_t *cfg) {
+    (void)cfg;
+    return ql_cmd_not_available("bench", "the serving benchmark");
+}
+
+int ql_cmd_tokenize(const ql_config_t *cfg) {
+    (void)cfg;
+    return ql_cmd_not_available("tokenize", "the tokenizer");
+}
+
+int ql_cmd_inspect(const ql_config_t *cfg) {
+    (void)cfg;
+    return ql_cmd_not_available("inspect", "the GGUF reader");
+}
+
+int ql_cmd_mkmodel(const ql_config_t *cfg) {
+    (void)cfg;
+    return ql_cmd_not_available("mkmodel", "the random-weight model writer");
+}
