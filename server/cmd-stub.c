@@ -18,18 +18,3 @@ int ql_cmd_bench(const ql_config_t *cfg) {
     (void)cfg;
     return ql_cmd_not_available("bench", "the serving benchmark");
 }
-
-int ql_cmd_tokenize(const ql_config_t *cfg) {
-    (void)cfg;
-    return ql_cmd_not_available("tokenize", "the tokenizer");
-}
-
-int ql_cmd_inspect(const ql_config_t *cfg) {
-    (void)cfg;
-    return ql_cmd_not_available("inspect", "the GGUF reader");
-}
-
-int ql_cmd_mkmodel(const ql_config_t *cfg) {
-    (void)cfg;
-    return ql_cmd_not_available("mkmodel", "the random-weight model writer");
-}

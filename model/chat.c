@@ -1,0 +1,1 @@
+/* model/chat.c — (being written) */

@@ -1,0 +1,1 @@
+/* model/gguf-write.c — (being written) */

@@ -1,0 +1,1 @@
+/* model/gguf.c — (being written) */

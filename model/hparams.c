@@ -1,0 +1,1 @@
+/* model/hparams.c — (being written) */

@@ -1,0 +1,1 @@
+/* model/mkmodel.c — (being written) */

@@ -1,0 +1,1 @@
+/* model/quant.c — (being written) */

@@ -1,0 +1,1 @@
+/* model/unicode-data.c — (being written) */

@@ -1,0 +1,1 @@
+/* model/unicode.c — (being written) */
