@@ -576,7 +576,41 @@ static void test_quant_k_roundtrip(void **state) {
     free(q);
 }
 
-/* ---- cross-check against the Python gguf package on the real model ---- */
+/* ---- cross-checks against the Python gguf package ---- */
+
+/* tests/fixtures/quant/quantize.txt (tools/reference/dump-quant.py): the bytes gguf-py's
+ * numpy quantizers, which follow ggml's reference ones, make from one fixed row. */
+static void test_quant_vs_gguf_py(void **state) {
+    (void)state;
+    float x[256];
+    for (int i = 0; i < 256; i++)
+        x[i] = (float)((i * 7919) % 2001 - 1000) / 1024.0f * ldexpf(1.0f, (i / 32) % 5 - 2);
+    FILE *fx = fopen("tests/fixtures/quant/quantize.txt", "r");
+    assert_non_null(fx);
+    char tname[32];
+    int n_bytes, n_types = 0;
+    while (fscanf(fx, "%31s %d", tname, &n_bytes) == 2) {
+        ql_dtype_t t;
+        assert_int_equal(ql_dtype_parse(tname, &t), 0);
+        size_t bytes;
+        assert_int_equal(ql_dtype_row_bytes(t, 256, &bytes), 0);
+        assert_int_equal((size_t)n_bytes, bytes);
+        uint8_t want[1024], got[1024];
+        for (int i = 0; i < n_bytes; i++) {
+            unsigned v;
+            assert_int_equal(fscanf(fx, "%2x", &v), 1);
+            want[i] = (uint8_t)v;
+        }
+        assert_int_equal(ql_quantize_row(t, x, got, 256), 0);
+        for (int i = 0; i < n_bytes; i++)
+            if (got[i] != want[i]) fail_msg("%s byte %d: quill %02x, gguf-py %02x", tname, i, got[i], want[i]);
+        n_types++;
+    }
+    assert_true(feof(fx));
+    assert_int_equal(n_types, 7);
+    fclose(fx);
+}
+
 
 /* tests/fixtures/smollm2/dequant.txt, one tensor per line:
  *   <name> <type> <absolute file offset of the tensor's data> <count> <v0> <v1> ...
@@ -643,6 +677,7 @@ int main(void) {
         cmocka_unit_test(test_quant_roundtrip),
         cmocka_unit_test(test_quant_known_bytes),
         cmocka_unit_test(test_quant_k_roundtrip),
+        cmocka_unit_test(test_quant_vs_gguf_py),
         cmocka_unit_test(test_dequant_real_model),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
