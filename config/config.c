@@ -641,3 +641,56 @@ void ql_config_print_help(FILE *f, ql_cmd_t cmd) {
     }
     fprintf(f, "  %-36s %s\n", "-h, --help", "show this help");
 }
+
+/* ---- flat JSON objects ---- */
+
+int ql_config_read_object(const char *path, ql_config_member_fn fn, void *ud, char *err, size_t errlen) {
+    if (err && errlen) err[0] = '\0';
+    if (!path || !fn) return fail(err, errlen, QL_EINVAL, "ql_config_read_object: NULL path or callback");
+    /* NOTE(read-object-errno): the file is opened here rather than by json_load_file so an
+     * unreadable file reports errno's text, not jansson's paraphrase of it. */
+    FILE *fp = fopen(path, "rb");
+    if (!fp) return fail(err, errlen, QL_EIO, "%s: %s", path, strerror(errno));
+    json_error_t jerr;
+    json_t *root = json_loadf(fp, JSON_REJECT_DUPLICATES, &jerr);
+    fclose(fp);
+    if (!root) return fail(err, errlen, QL_EINVAL, "%s:%d:%d: %s", path, jerr.line, jerr.column, jerr.text);
+    int rc = 0;
+    if (!json_is_object(root)) {
+        rc = fail(err, errlen, QL_EINVAL, "%s: the top level must be a JSON object", path);
+        goto done;
+    }
+    const char *key;
+    json_t *val;
+    json_object_foreach(root, key, val) {
+        ql_config_value_t v = {.kind = QL_CONFIG_VALUE_OTHER};
+        if (json_is_string(val)) {
+            v.kind = QL_CONFIG_VALUE_STRING;
+            v.str = json_string_value(val);
+        } else if (json_is_integer(val)) {
+            v.kind = QL_CONFIG_VALUE_NUMBER;
+            v.is_integer = 1;
+            v.integer = (int64_t)json_integer_value(val);
+            v.num = (double)v.integer;
+        } else if (json_is_real(val)) {
+            v.kind = QL_CONFIG_VALUE_NUMBER;
+            v.num = json_real_value(val);
+        } else if (json_is_boolean(val)) {
+            v.kind = QL_CONFIG_VALUE_BOOL;
+            v.boolean = json_is_true(val);
+        } else if (json_is_null(val)) {
+            v.kind = QL_CONFIG_VALUE_NULL;
+        }
+        char line[400];
+        line[0] = '\0';
+        rc = fn(ud, key, &v, line, sizeof(line));
+        if (rc) {
+            if (rc > 0) rc = QL_EINVAL;
+            fail(err, errlen, rc, "%s: %s", path, line[0] ? line : ql_strerror(rc));
+            goto done;
+        }
+    }
+done:
+    json_decref(root);
+    return rc;
+}

@@ -141,6 +141,40 @@ QL_API int ql_cmd_parse(const char *name, ql_cmd_t *out);
  *  "MB" etc. accepted). @return 0 or QL_EINVAL. */
 QL_API int ql_config_parse_size(const char *s, uint64_t *out);
 
+/* ---- flat JSON objects (quill mkmodel's shape files) ---- */
+
+typedef enum ql_config_value_kind_e {
+    QL_CONFIG_VALUE_STRING = 0,
+    QL_CONFIG_VALUE_NUMBER = 1, /* integer or real */
+    QL_CONFIG_VALUE_BOOL = 2,
+    QL_CONFIG_VALUE_NULL = 3,
+    QL_CONFIG_VALUE_OTHER = 4,  /* an array or an object */
+} ql_config_value_kind_t;
+
+/* One member's value. `str` is valid during the callback only. For a NUMBER, `num` holds it
+ * and `is_integer` says whether the JSON text was an integer (then `integer` is exact). */
+typedef struct ql_config_value_s {
+    ql_config_value_kind_t kind;
+    const char *str;     /* STRING */
+    double num;          /* NUMBER */
+    int is_integer;      /* NUMBER written without fraction or exponent */
+    int64_t integer;     /* NUMBER when is_integer */
+    int boolean;         /* BOOL: 0 or 1 */
+} ql_config_value_t;
+
+/** Called once per member; returns 0 to go on, or a negative QL_E* after writing one line
+ *  into err[errlen] (the caller adds the file name). */
+typedef int (*ql_config_member_fn)(void *ud, const char *key, const ql_config_value_t *v, char *err,
+                                   size_t errlen);
+
+/** Reads the JSON file `path`, whose top level must be an object, and calls `fn` for each
+ *  member in file order. The whole file is parsed first: when it cannot be read or parsed,
+ *  `fn` is never called. On error err[errlen] holds one line starting with the path.
+ *  @return 0; QL_EIO (unreadable: the errno text); QL_EINVAL (not JSON: path:line:column,
+ *  a duplicate key, or a top level that is not an object); or the first error `fn` returned
+ *  (its line, prefixed with "path: "). Thread: any. */
+QL_API int ql_config_read_object(const char *path, ql_config_member_fn fn, void *ud, char *err, size_t errlen);
+
 #ifdef __cplusplus
 }
 #endif

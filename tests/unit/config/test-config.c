@@ -247,6 +247,82 @@ static void test_file_refusals(void **state) {
     assert_int_equal(load(f, QL_CMD_TOKENIZE, 2, argv, NULL), 0);
 }
 
+/* ---- ql_config_read_object (mkmodel shape files) ---- */
+
+typedef struct members_s {
+    int n;
+    char keys[8][16];
+    ql_config_value_t v[8];
+    const char *fail_on; /* key whose callback fails */
+} members_t;
+
+static int collect_member(void *ud, const char *key, const ql_config_value_t *v, char *err, size_t errlen) {
+    members_t *m = ud;
+    if (m->fail_on && strcmp(key, m->fail_on) == 0) {
+        snprintf(err, errlen, "field '%s' is bad", key);
+        return QL_ERANGE;
+    }
+    if (m->n < 8) {
+        snprintf(m->keys[m->n], sizeof(m->keys[0]), "%s", key);
+        m->v[m->n] = *v;
+        m->v[m->n].str = NULL; /* valid during the callback only */
+    }
+    m->n++;
+    return 0;
+}
+
+static void test_read_object(void **state) {
+    fixture_t *f = *state;
+    write_file(f->path, "{\"z\": 3, \"a\": 2.5, \"s\": \"x\", \"t\": true, \"n\": null, \"arr\": [1], \"big\": 1e3}");
+    members_t m = {0};
+    assert_int_equal(ql_config_read_object(f->path, collect_member, &m, f->err, sizeof(f->err)), 0);
+    assert_int_equal(m.n, 7);
+    /* file order, not sorted */
+    assert_string_equal(m.keys[0], "z");
+    assert_int_equal(m.v[0].kind, QL_CONFIG_VALUE_NUMBER);
+    assert_true(m.v[0].is_integer && m.v[0].integer == 3 && m.v[0].num == 3.0);
+    assert_string_equal(m.keys[1], "a");
+    assert_true(m.v[1].kind == QL_CONFIG_VALUE_NUMBER && !m.v[1].is_integer && m.v[1].num == 2.5);
+    assert_int_equal(m.v[2].kind, QL_CONFIG_VALUE_STRING);
+    assert_true(m.v[3].kind == QL_CONFIG_VALUE_BOOL && m.v[3].boolean == 1);
+    assert_int_equal(m.v[4].kind, QL_CONFIG_VALUE_NULL);
+    assert_int_equal(m.v[5].kind, QL_CONFIG_VALUE_OTHER);
+    assert_true(m.v[6].kind == QL_CONFIG_VALUE_NUMBER && !m.v[6].is_integer && m.v[6].num == 1000.0);
+
+    /* the callback's error stops the walk and comes back prefixed with the path */
+    memset(&m, 0, sizeof(m));
+    m.fail_on = "s";
+    assert_int_equal(ql_config_read_object(f->path, collect_member, &m, f->err, sizeof(f->err)), QL_ERANGE);
+    assert_int_equal(m.n, 2);
+    assert_non_null(strstr(f->err, f->path));
+    assert_non_null(strstr(f->err, "field 's' is bad"));
+
+    /* refusals before any callback */
+    static const struct {
+        const char *json;
+        const char *must;
+    } cases[] = {
+        {"{\"a\": 1,", ":1:"},  /* path:line:column */
+        {"[1, 2]", "top level must be a JSON object"},
+        {"{\"a\": 1, \"a\": 2}", "duplicate"},
+        {"", ":"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
+        write_file(f->path, cases[i].json);
+        memset(&m, 0, sizeof(m));
+        assert_int_equal(ql_config_read_object(f->path, collect_member, &m, f->err, sizeof(f->err)), QL_EINVAL);
+        assert_int_equal(m.n, 0);
+        if (!strstr(f->err, f->path) || !strstr(f->err, cases[i].must))
+            fail_msg("case %zu: '%s' lacks the path or '%s'", i, f->err, cases[i].must);
+    }
+    assert_int_equal(ql_config_read_object("/nonexistent/shape.json", collect_member, &m, f->err, sizeof(f->err)),
+                     QL_EIO);
+    assert_non_null(strstr(f->err, "/nonexistent/shape.json"));
+    assert_non_null(strstr(f->err, "No such file or directory"));
+    assert_int_equal(m.n, 0);
+    assert_int_equal(ql_config_read_object(NULL, collect_member, &m, f->err, sizeof(f->err)), QL_EINVAL);
+}
+
 static void test_parse_size(void **state) {
     (void)state;
     uint64_t v;
@@ -304,6 +380,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_help, setup, teardown),
         cmocka_unit_test_setup_teardown(test_refusals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_file_refusals, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_read_object, setup, teardown),
         cmocka_unit_test(test_parse_size),
         cmocka_unit_test(test_cmd_names),
         cmocka_unit_test(test_help_lists_every_flag),
