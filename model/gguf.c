@@ -58,10 +58,16 @@ typedef struct kv_s {
     uint64_t *str_offs;      /* STRING arrays: [arr_len] file offset of each element */
 } kv_t;
 
-/* Open-addressing hash index from a name to its position; slots hold index + 1 (0 = empty). */
+/* A sorted index from a name to its position: entries ordered by (name, position). */
+typedef struct name_ent_s {
+    const char *ptr;
+    uint64_t len;
+    int64_t i;
+} name_ent_t;
+
 typedef struct index_s {
-    int64_t *slots; /* [mask + 1] */
-    uint64_t mask;
+    name_ent_t *ents; /* [n] */
+    int64_t n;
 } index_t;
 
 struct ql_gguf_s {
@@ -321,45 +327,81 @@ static int rd_value(rd_t *r, uint32_t t, int depth, uint64_t **str_offs) {
 
 /* ---- the name index ---- */
 
-static uint64_t hash_bytes(const char *p, uint64_t n) {
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (uint64_t i = 0; i < n; i++) {
-        h ^= (uint8_t)p[i];
-        h *= 1099511628211ull;
-    }
-    return h;
+/* NOTE(name-index): names are found by binary search in an array sorted with heapsort. A
+ * hash table could be flooded by a hostile file whose names all collide (quadratic time on
+ * open), and a quicksort could be fed its worst case; heapsort is O(n log n) whatever the
+ * names are. Sorting also puts duplicates side by side. */
+
+static int name_cmp(const char *a, uint64_t an, const char *b, uint64_t bn) {
+    uint64_t n = QL_MIN(an, bn);
+    int c = n ? memcmp(a, b, (size_t)n) : 0;
+    if (c) return c;
+    return an < bn ? -1 : an > bn;
 }
 
-static int index_init(index_t *ix, int64_t n) {
-    uint64_t cap = 8;
-    while (cap < (uint64_t)n * 2) cap *= 2; /* n is bounded by the file size: no overflow */
-    ix->slots = calloc((size_t)cap, sizeof(*ix->slots));
-    ix->mask = cap - 1;
-    return ix->slots ? 0 : QL_ENOMEM;
+static int ent_cmp(const name_ent_t *a, const name_ent_t *b) {
+    int c = name_cmp(a->ptr, a->len, b->ptr, b->len);
+    return c ? c : (a->i < b->i ? -1 : a->i > b->i);
 }
 
-/* Finds `name` through name_of(i); returns its position or -1. */
-typedef ql_gguf_str_t (*name_of_fn)(const ql_gguf_t *g, int64_t i);
-
-static int64_t index_find(const ql_gguf_t *g, const index_t *ix, name_of_fn name_of, const char *p,
-                          uint64_t n, uint64_t *slot) {
-    uint64_t s = hash_bytes(p, n) & ix->mask;
+static void sift_down(name_ent_t *a, int64_t root, int64_t n) {
     for (;;) {
-        int64_t v = ix->slots[s];
-        if (v == 0) break;
-        ql_gguf_str_t k = name_of(g, v - 1);
-        if (k.len == n && (n == 0 || memcmp(k.ptr, p, n) == 0)) {
-            if (slot) *slot = s;
-            return v - 1;
-        }
-        s = (s + 1) & ix->mask;
+        int64_t child = 2 * root + 1;
+        if (child >= n) return;
+        if (child + 1 < n && ent_cmp(&a[child], &a[child + 1]) < 0) child++;
+        if (ent_cmp(&a[root], &a[child]) >= 0) return;
+        name_ent_t tmp = a[root];
+        a[root] = a[child];
+        a[child] = tmp;
+        root = child;
     }
-    if (slot) *slot = s;
+}
+
+static void heap_sort(name_ent_t *a, int64_t n) {
+    for (int64_t i = n / 2; i-- > 0;) sift_down(a, i, n);
+    for (int64_t end = n - 1; end > 0; end--) {
+        name_ent_t tmp = a[0];
+        a[0] = a[end];
+        a[end] = tmp;
+        sift_down(a, 0, end);
+    }
+}
+
+/* Sorts names[0..n) into ix. Returns 0, or QL_EFORMAT with *dup / *first set to the
+ * positions of the earliest repeated name (in file order) and of its first occurrence. */
+static int index_build(index_t *ix, const ql_gguf_str_t *names, size_t stride, int64_t n, int64_t *dup,
+                       int64_t *first) {
+    ix->n = n;
+    for (int64_t i = 0; i < n; i++) {
+        const ql_gguf_str_t *s = (const ql_gguf_str_t *)((const char *)names + (size_t)i * stride);
+        ix->ents[i] = (name_ent_t){s->ptr, s->len, i};
+    }
+    heap_sort(ix->ents, n);
+    *dup = -1;
+    for (int64_t k = 1; k < n; k++) {
+        const name_ent_t *a = &ix->ents[k - 1], *b = &ix->ents[k];
+        if (name_cmp(a->ptr, a->len, b->ptr, b->len) == 0 && (*dup < 0 || b->i < *dup)) {
+            /* a run of equal names is ordered by position: its head is the first occurrence */
+            int64_t h = k - 1;
+            while (h > 0 && name_cmp(ix->ents[h - 1].ptr, ix->ents[h - 1].len, b->ptr, b->len) == 0) h--;
+            *dup = b->i;
+            *first = ix->ents[h].i;
+        }
+    }
+    return *dup < 0 ? 0 : QL_EFORMAT;
+}
+
+/* The position of the first entry named (p, n), or -1. */
+static int64_t index_find(const index_t *ix, const char *p, uint64_t n) {
+    int64_t lo = 0, hi = ix->n;
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2;
+        if (name_cmp(ix->ents[mid].ptr, ix->ents[mid].len, p, n) < 0) lo = mid + 1;
+        else hi = mid;
+    }
+    if (lo < ix->n && name_cmp(ix->ents[lo].ptr, ix->ents[lo].len, p, n) == 0) return ix->ents[lo].i;
     return -1;
 }
-
-static ql_gguf_str_t kv_name(const ql_gguf_t *g, int64_t i) { return g->kvs[i].key; }
-static ql_gguf_str_t tensor_name(const ql_gguf_t *g, int64_t i) { return g->tensors[i].name; }
 
 /* ---- parsing ---- */
 
@@ -417,12 +459,6 @@ static int parse_kvs(ql_gguf_t *g, rd_t *r) {
         int rc = rd_str(r, &kv->key, "key");
         if (rc) return rc;
         set_ctx(r, "key", i, kv->key, kv->key_off);
-        uint64_t slot;
-        int64_t dup = index_find(g, &g->kv_index, kv_name, kv->key.ptr, kv->key.len, &slot);
-        if (dup >= 0)
-            return rd_fail(r, QL_EFORMAT, "duplicate key (first at offset %llu)",
-                           (unsigned long long)g->kvs[dup].key_off);
-        g->kv_index.slots[slot] = i + 1;
         uint32_t t;
         if ((rc = rd_u32(r, &t, "value type"))) return rc;
         if (!type_known(t)) return rd_fail(r, QL_EFORMAT, "unknown value type %u", t);
@@ -438,6 +474,12 @@ static int parse_kvs(ql_gguf_t *g, rd_t *r) {
             kv->arr_off = r->pos + 12;
         }
         if ((rc = rd_value(r, t, 0, t == QL_GGUF_TYPE_ARRAY ? &kv->str_offs : NULL))) return rc;
+    }
+    int64_t dup, first;
+    if (index_build(&g->kv_index, &g->kvs[0].key, sizeof(kv_t), g->n_kv, &dup, &first) != 0) {
+        set_ctx(r, "key", dup, g->kvs[dup].key, g->kvs[dup].key_off);
+        return rd_fail(r, QL_EFORMAT, "duplicate key (first at offset %llu)",
+                       (unsigned long long)g->kvs[first].key_off);
     }
     return 0;
 }
@@ -473,12 +515,6 @@ static int parse_tensor_infos(ql_gguf_t *g, rd_t *r, uint64_t *info_offs) {
         int rc = rd_str(r, &t->name, "tensor name");
         if (rc) return rc;
         set_ctx(r, "tensor", i, t->name, at);
-        uint64_t slot;
-        int64_t dup = index_find(g, &g->tensor_index, tensor_name, t->name.ptr, t->name.len, &slot);
-        if (dup >= 0)
-            return rd_fail(r, QL_EFORMAT, "duplicate tensor name (first at offset %llu)",
-                           (unsigned long long)info_offs[dup]);
-        g->tensor_index.slots[slot] = i + 1;
         uint32_t nd;
         if ((rc = rd_u32(r, &nd, "n_dims"))) return rc;
         if (nd < 1 || nd > QL_GGUF_MAX_DIMS)
@@ -527,6 +563,13 @@ static int parse_tensor_infos(ql_gguf_t *g, rd_t *r, uint64_t *info_offs) {
             return rd_fail(r, QL_EFORMAT, "data offset %llu is not a multiple of the alignment %llu",
                            (unsigned long long)t->offset, (unsigned long long)g->alignment);
     }
+    int64_t dup, first;
+    if (index_build(&g->tensor_index, &g->tensors[0].name, sizeof(ql_gguf_tensor_t), g->n_tensors, &dup,
+                    &first) != 0) {
+        set_ctx(r, "tensor", dup, g->tensors[dup].name, info_offs[dup]);
+        return rd_fail(r, QL_EFORMAT, "duplicate tensor name (first at offset %llu)",
+                       (unsigned long long)info_offs[first]);
+    }
     return 0;
 }
 
@@ -549,11 +592,10 @@ static int place_tensors(ql_gguf_t *g, rd_t *r, const uint64_t *info_offs) {
         if (t->offset > avail || t->size > avail - t->offset) {
             set_ctx(r, "tensor", i, t->name, info_offs[i]);
             return rd_fail(r, QL_EFORMAT,
-                           "data [%llu, +%llu bytes) at file offset %llu runs past the end of the "
-                           "file (%llu bytes)",
+                           "data [%llu, +%llu bytes) runs past the end of the file (%llu bytes; "
+                           "data section at offset %llu)",
                            (unsigned long long)t->offset, (unsigned long long)t->size,
-                           (unsigned long long)(g->data_offset + t->offset),
-                           (unsigned long long)g->size);
+                           (unsigned long long)g->size, (unsigned long long)g->data_offset);
         }
         t->data = g->base + g->data_offset + t->offset;
     }
@@ -571,8 +613,9 @@ static int parse(ql_gguf_t *g, char *err, size_t errlen) {
     g->kvs = calloc((size_t)QL_MAX(n_kv, 1), sizeof(*g->kvs));
     g->tensors = calloc((size_t)QL_MAX(n_tensors, 1), sizeof(*g->tensors));
     info_offs = calloc((size_t)QL_MAX(n_tensors, 1), sizeof(*info_offs));
-    if (!g->kvs || !g->tensors || !info_offs || index_init(&g->kv_index, g->n_kv) != 0 ||
-        index_init(&g->tensor_index, g->n_tensors) != 0) {
+    g->kv_index.ents = calloc((size_t)QL_MAX(n_kv, 1), sizeof(name_ent_t));
+    g->tensor_index.ents = calloc((size_t)QL_MAX(n_tensors, 1), sizeof(name_ent_t));
+    if (!g->kvs || !g->tensors || !info_offs || !g->kv_index.ents || !g->tensor_index.ents) {
         rc = rd_fail(&r, QL_ENOMEM, "out of memory for %llu keys and %llu tensors",
                      (unsigned long long)n_kv, (unsigned long long)n_tensors);
         goto out;
@@ -693,8 +736,8 @@ void ql_gguf_free(ql_gguf_t *g) {
         for (int64_t i = 0; i < g->n_kv; i++) free(g->kvs[i].str_offs);
     free(g->kvs);
     free(g->tensors);
-    free(g->kv_index.slots);
-    free(g->tensor_index.slots);
+    free(g->kv_index.ents);
+    free(g->tensor_index.ents);
     if (g->mapped) munmap((void *)g->base, (size_t)g->size);
     free(g);
 }
@@ -716,7 +759,7 @@ static const kv_t *kv_at(const ql_gguf_t *g, int64_t i) {
 
 int64_t ql_gguf_find_key(const ql_gguf_t *g, const char *key) {
     if (!g || !key) return -1;
-    return index_find(g, &g->kv_index, kv_name, key, strlen(key), NULL);
+    return index_find(&g->kv_index, key, strlen(key));
 }
 
 ql_gguf_str_t ql_gguf_key(const ql_gguf_t *g, int64_t i) {
@@ -984,6 +1027,6 @@ const ql_gguf_tensor_t *ql_gguf_tensor(const ql_gguf_t *g, int64_t i) {
 
 const ql_gguf_tensor_t *ql_gguf_find_tensor(const ql_gguf_t *g, const char *name) {
     if (!g || !name) return NULL;
-    int64_t i = index_find(g, &g->tensor_index, tensor_name, name, strlen(name), NULL);
+    int64_t i = index_find(&g->tensor_index, name, strlen(name));
     return i < 0 ? NULL : &g->tensors[i];
 }

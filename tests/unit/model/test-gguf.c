@@ -775,7 +775,7 @@ static void test_open_errors_tensors(void **state) {
     one_tensor(&b, 2, ne, QL_DTYPE_F32, 16, 256);
     expect_open(&b, QL_EFORMAT, "data offset 16 is not a multiple of the alignment 32");
     one_tensor(&b, 2, ne, QL_DTYPE_F32, 0, 255);
-    expect_open(&b, QL_EFORMAT, "tensor 0 'w' (at offset 24): data [0, +256 bytes) at file offset 96 runs past the end of the file (351 bytes)");
+    expect_open(&b, QL_EFORMAT, "tensor 0 'w' (at offset 24): data [0, +256 bytes) runs past the end of the file (351 bytes; data section at offset 96)");
     one_tensor(&b, 2, ne, QL_DTYPE_F32, UINT64_MAX - 31, 256);
     expect_open(&b, QL_EFORMAT, "runs past the end of the file");
     /* the data section itself past the end */
