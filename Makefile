@@ -47,5 +47,19 @@ run: build
 	  $(BUILD)/quill --version && \
 	  scripts/run-default.sh $(BUILD)/quill "$$model" $(PORT)
 
+# libFuzzer over the GGUF reader and hparams (needs clang): builds $(FUZZ_BUILD)/fuzz-gguf and
+# runs it for FUZZ_SECONDS on a scratch corpus seeded from tests/corpus/gguf. Crashes land in
+# $(FUZZ_BUILD)/fuzz-artifacts/: add each to the regression corpus (tools/gen-gguf-corpus.py).
+FUZZ_BUILD   ?= build-fuzz
+FUZZ_SECONDS ?= 60
+
+fuzz:
+	@command -v clang >/dev/null || { echo "make fuzz: needs clang (scripts/install-deps.sh)" >&2; exit 1; }
+	CC=clang cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQL_FUZZ=ON -DQL_CUDA=OFF $(CMAKE_ARGS)
+	cmake --build $(FUZZ_BUILD) --target fuzz-gguf -j $(JOBS)
+	mkdir -p $(FUZZ_BUILD)/fuzz-corpus $(FUZZ_BUILD)/fuzz-artifacts
+	$(FUZZ_BUILD)/fuzz-gguf -max_total_time=$(FUZZ_SECONDS) -dict=tests/fuzz/gguf.dict \
+	  -artifact_prefix=$(FUZZ_BUILD)/fuzz-artifacts/ $(FUZZ_BUILD)/fuzz-corpus tests/corpus/gguf
+
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)
