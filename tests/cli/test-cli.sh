@@ -55,9 +55,85 @@ expect 2 "no command" --
 expect 2 "bad config file" -- serve --config /nonexistent/q.json
 has "$errf" "--config" "config error names the flag"
 
+# inspect (model/gguf.c, model/hparams.c): a bad file fails with the reader's one-line error,
+# a good one prints its metadata, hyper-parameters and tensor table.
+expect 1 "inspect on a bad file" -- inspect --model tests/corpus/gguf/dup-key.gguf
+has "$errf" "dup-key.gguf: key 1 'a' (at offset 38): duplicate key (first at offset 24)" "inspect gives the reader's error"
+one_line "inspect on a bad file"
+expect 1 "inspect on a missing file" -- inspect --model /nonexistent/m.gguf
+has "$errf" "No such file or directory" "inspect gives errno text"
+expect 2 "inspect without --model" -- inspect
+has "$errf" "--model" "inspect names the missing flag"
+expect 0 "inspect on a good file" -- inspect --model tests/corpus/gguf/good-tiny-llama.gguf
+has "$out" "gguf: version 3, alignment 32" "inspect header line"
+has "$out" "llama.block_count" "inspect lists keys"
+has "$out" "array[string; 8]" "inspect gives array types and lengths"
+has "$out" "llama n_embd=32 n_layer=1 n_head=2 n_head_kv=1 head_dim=16" "inspect shows hyper-parameters"
+has "$out" "blk.0.ffn_down.weight" "inspect lists tensors"
+has "$out" "total: 11 tensors" "inspect gives totals"
+
 # What a later part of quill delivers says so and exits non-zero; nothing pretends.
 expect 1 "bench is not available" -- bench
 has "$errf" "not available" "bench says not available"
+
+# ---- quill tokenize: ids against llama.cpp's (tests/fixtures/smollm2, tools/reference) ----
+# same FILE TEXT DESCRIPTION: FILE's content (without its final newline) is exactly TEXT
+same() {
+    local got; got=$(cat "$1")
+    if [ "$got" = "$2" ]; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL: $3: got '$got', expected '$2'"; fi
+}
+# golden INP OUT TEXT: llama.cpp's ids for TEXT (awk escapes such as \n allowed) from a
+# gen-tokenize.py fixture pair, without the leading space; empty when TEXT is not in INP
+golden() {
+    local n
+    n=$(awk -v RS='\n__ggml_vocab_test__\n' -v want="$3" '$0 "" == want "" { print NR; exit }' "$1")
+    [ -n "$n" ] && sed -n "${n}p" "$2" | sed 's/^ //'
+}
+expect 2 "tokenize without --model" -- tokenize hello
+has "$errf" "--model" "tokenize names the missing --model"
+one_line "tokenize without --model"
+badmodel=$(mktemp)
+printf 'garbage, not a GGUF file\n' >"$badmodel"
+expect 1 "tokenize on a bad model file" -- tokenize --model "$badmodel" hello
+has "$errf" "quill tokenize: $badmodel" "bad model error names the file"
+one_line "tokenize on a bad model file"
+rm -f "$badmodel"
+expect 1 "tokenize on a missing model file" -- tokenize --model /nonexistent/quill-none.gguf hello
+has "$errf" "/nonexistent/quill-none.gguf" "missing model error names the file"
+one_line "tokenize on a missing model file"
+spm=../shared/fixtures/vocab/ggml-vocab-llama-spm.gguf
+if [ -f "$spm" ]; then
+    expect 1 "tokenize --chat on a model without a chat template" -- tokenize --model "$spm" --chat hi
+    has "$errf" "--chat-template" "no chat template: suggests --chat-template"
+    expect 0 "tokenize --chat --chat-template llama2" -- tokenize --model "$spm" --chat --chat-template llama2 hi
+fi
+M=${QL_DEFAULT_MODEL:-}
+if [ -z "$M" ] || [ ! -f "$M" ]; then
+    echo "skip: quill tokenize on the default model (QL_DEFAULT_MODEL unset or missing; make test sets it)"
+else
+    X=tests/fixtures/smollm2
+    expect 2 "tokenize without TEXT" -- tokenize --model "$M"
+    has "$errf" "TEXT" "tokenize names the missing TEXT"
+    for s in "Hello" " Hello" "I'm sure you're right, but we'd've known; they'll see it's John's." \
+             "你好，世界！今天天气很好。" "1234567890" "<|im_start|>user\nhi<|im_end|>"; do
+        want=$(golden $X/extra.inp $X/extra.out "$s")
+        text=$(printf '%b' "$s")
+        if [ -z "$want" ]; then fail=$((fail + 1)); echo "FAIL: '$s' is not in $X/extra.inp"; continue; fi
+        expect 0 "tokenize '$s'" -- tokenize --model "$M" -- "$text" && same "$out" "$want" "tokenize '$s' = llama.cpp"
+    done
+    expect 0 "tokenize two arguments" -- tokenize --model "$M" -- Hello world
+    same "$out" "$(golden $X/extra.inp $X/extra.out 'HeLLo WoRLD' >/dev/null; golden ../shared/fixtures/vocab/ggml-vocab-smollm.gguf.inp ../shared/fixtures/vocab/ggml-vocab-smollm.gguf.out 'Hello world')" \
+        "arguments joined with a space"
+    expect 0 "tokenize --verbose" -- tokenize --model "$M" --verbose -- "Hello world"
+    same "$out" "$(printf ' 19556 "Hello"\n   905 " world"')" "--verbose: one line per token, id and quoted piece"
+    # --chat: the model's template around one user message, special tokens parsed
+    sys='<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n'
+    want=$(golden $X/special.inp $X/special.out "${sys}<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n")
+    expect 0 "tokenize --chat" -- tokenize --model "$M" --chat -- "What is 2+2?"
+    [ -n "$want" ] && same "$out" "$want" "tokenize --chat = llama.cpp on the rendered template (special=True)"
+    expect 2 "tokenize --chat-template vicuna" -- tokenize --model "$M" --chat --chat-template vicuna hi
+    has "$errf" "'vicuna'" "unknown template name named"
+fi
 
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
