@@ -122,15 +122,15 @@ else
         expect 0 "tokenize '$s'" -- tokenize --model "$M" -- "$text" && same "$out" "$want" "tokenize '$s' = llama.cpp"
     done
     expect 0 "tokenize two arguments" -- tokenize --model "$M" -- Hello world
-    same "$out" "$(golden $X/extra.inp $X/extra.out 'HeLLo WoRLD' >/dev/null; golden ../shared/fixtures/vocab/ggml-vocab-smollm.gguf.inp ../shared/fixtures/vocab/ggml-vocab-smollm.gguf.out 'Hello world')" \
-        "arguments joined with a space"
+    V=../shared/fixtures/vocab/ggml-vocab-smollm.gguf
+    [ -f $V.inp ] && same "$out" "$(golden $V.inp $V.out 'Hello world')" "arguments joined with a space"
     expect 0 "tokenize --verbose" -- tokenize --model "$M" --verbose -- "Hello world"
     same "$out" "$(printf ' 19556 "Hello"\n   905 " world"')" "--verbose: one line per token, id and quoted piece"
     # --chat: the model's template around one user message, special tokens parsed
     sys='<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n'
     want=$(golden $X/special.inp $X/special.out "${sys}<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n")
     expect 0 "tokenize --chat" -- tokenize --model "$M" --chat -- "What is 2+2?"
-    [ -n "$want" ] && same "$out" "$want" "tokenize --chat = llama.cpp on the rendered template (special=True)"
+    same "$out" "${want:-(no golden in $X/special.inp)}" "tokenize --chat = llama.cpp on the rendered template (special=True)"
     expect 2 "tokenize --chat-template vicuna" -- tokenize --model "$M" --chat --chat-template vicuna hi
     has "$errf" "'vicuna'" "unknown template name named"
 fi
