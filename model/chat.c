@@ -486,7 +486,9 @@ int ql_chat_render(const ql_chat_t *c, const ql_chat_msg_t *msgs, size_t n_msgs,
         SET_ERR("no messages to render");
         return QL_EINVAL;
     }
-    role_t *roles = malloc(n_msgs * sizeof *roles);
+    size_t roles_size;
+    if (ql_size_mul(n_msgs, sizeof(role_t), &roles_size)) return QL_EOVERFLOW;
+    role_t *roles = malloc(roles_size);
     if (!roles) return QL_ENOMEM;
     int rc = 0;
     for (size_t i = 0; i < n_msgs && rc == 0; i++) {
