@@ -304,7 +304,7 @@ static int write_pad(int fd, uint64_t pos, uint64_t align) {
 }
 
 /* Lays out the data section and encodes the header and tensor infos into *head. */
-static int build_head(ql_gguf_writer_t *w, buf_t *head, size_t *max_size, uint64_t *data_size) {
+static int build_head(ql_gguf_writer_t *w, buf_t *head, size_t *max_size) {
     uint64_t off = 0, a = w->alignment;
     *max_size = 0;
     for (int64_t i = 0; i < w->n_tensors; i++) {
@@ -315,7 +315,6 @@ static int build_head(ql_gguf_writer_t *w, buf_t *head, size_t *max_size, uint64
         off = (end + a - 1) / a * a;
         if (t->size > *max_size) *max_size = (size_t)t->size;
     }
-    *data_size = off;
     buf_put(head, "GGUF", 4);
     buf_u32(head, GGUF_VERSION);
     buf_u64(head, (uint64_t)w->n_tensors);
@@ -341,8 +340,7 @@ int ql_gguf_writer_write(ql_gguf_writer_t *w, const char *path, char *err, size_
     buf_t head = {0};
     uint8_t *data = NULL;
     size_t max_size;
-    uint64_t data_size;
-    int fd = -1, rc = build_head(w, &head, &max_size, &data_size);
+    int fd = -1, rc = build_head(w, &head, &max_size);
     char tmp[4096];
     tmp[0] = '\0';
     if (rc) {

@@ -66,9 +66,11 @@ typedef struct ql_gguf_tensor_s {
 /* ---- reading ---- */
 
 /** Maps and validates `path` (read-only, MAP_PRIVATE; the descriptor is closed before return). On error writes one precise line into err (which key or
- *  tensor, at which file offset) and returns QL_EIO / QL_ENOENT (cannot open), QL_EFORMAT
- *  (malformed), QL_EUNSUPPORTED (unknown version or tensor type) or QL_ENOMEM. On success
- *  *out is owned by the caller: release with ql_gguf_free(). */
+ *  tensor, at which file offset; for ql_gguf_open also the path, and strerror for open/mmap
+ *  failures) and returns QL_EIO / QL_ENOENT (cannot open), QL_EFORMAT (malformed),
+ *  QL_EUNSUPPORTED (unknown version or tensor type), QL_ENOMEM or QL_EINVAL (NULL argument);
+ *  *out is then NULL. On success *out is owned by the caller: release with ql_gguf_free().
+ *  Thread: any; the handle is immutable and may be shared by threads once opened. */
 QL_API int ql_gguf_open(const char *path, ql_gguf_t **out, char *err, size_t errlen);
 /** Same over a caller's buffer (fuzzing, tests); the buffer must outlive the handle. */
 QL_API int ql_gguf_open_mem(const void *data, size_t size, ql_gguf_t **out, char *err, size_t errlen);
