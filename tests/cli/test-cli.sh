@@ -135,5 +135,66 @@ else
     has "$errf" "'vicuna'" "unknown template name named"
 fi
 
+# ---- quill mkmodel (model/mkmodel.c): usage errors, a tiny round trip, llama.cpp's ids ----
+mk=$(mktemp -d)
+expect 2 "mkmodel unknown shape" -- mkmodel --shape llama-70b -o "$mk/x.gguf"
+has "$errf" "'llama-70b'" "unknown shape named"
+has "$errf" "tiny, smollm2-135m, llama-3.2-1b, llama-3.1-8b" "accepted shapes listed"
+one_line "mkmodel unknown shape"
+expect 2 "mkmodel without -o" -- mkmodel --shape tiny
+has "$errf" "-o/--output" "missing -o named"
+one_line "mkmodel without -o"
+expect 2 "mkmodel without a shape" -- mkmodel -o "$mk/x.gguf"
+has "$errf" "--shape NAME" "missing shape named"
+expect 2 "mkmodel unknown type" -- mkmodel --shape tiny --type q4_K -o "$mk/x.gguf"
+has "$errf" "'q4_K'" "unknown type named"
+has "$errf" "f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1" "accepted types listed"
+printf '{"n_layer": 2, "n_embd": 64, "n_head": 4, "n_ff": 128, "n_vocab": 512, "n_layres": 3}' >"$mk/bad.json"
+expect 2 "mkmodel shape file with an unknown field" -- mkmodel --config "$mk/bad.json" -o "$mk/x.gguf"
+has "$errf" "$mk/bad.json: unknown field 'n_layres'" "unknown field named with the file"
+one_line "mkmodel shape file with an unknown field"
+printf '{"n_layer": 2.5}' >"$mk/bad.json"
+expect 2 "mkmodel shape file with a fractional n_layer" -- mkmodel --config "$mk/bad.json" -o "$mk/x.gguf"
+has "$errf" "field 'n_layer' is 2.5, not an integer" "bad value named"
+printf '{"n_layer": 2, "n_embd": 64, "n_head": 4, "n_ff": 128}' >"$mk/bad.json"
+expect 2 "mkmodel shape file without n_vocab" -- mkmodel --config "$mk/bad.json" -o "$mk/x.gguf"
+has "$errf" "field 'n_vocab' is missing" "missing field named"
+printf '{"n_layer": 2, "n_embd": 64, "n_head": 4, "n_ff": 100, "n_vocab": 512}' >"$mk/bad.json"
+expect 2 "mkmodel shape file with rows not in q4_0 blocks" -- mkmodel --config "$mk/bad.json" --type q4_0 -o "$mk/x.gguf"
+has "$errf" "field 'n_ff' (100) is not a multiple of q4_0's block of 32" "row size named"
+expect 2 "mkmodel missing shape file" -- mkmodel --config "$mk/none.json" -o "$mk/x.gguf"
+has "$errf" "$mk/none.json: No such file or directory" "unreadable shape file gives errno text"
+expect 1 "mkmodel into a missing folder" -- mkmodel --shape tiny -o /nonexistent/m.gguf
+has "$errf" "/nonexistent/m.gguf" "write error names the path"
+has "$errf" "No such file or directory" "write error gives errno text"
+one_line "mkmodel into a missing folder"
+if [ -e "$mk/x.gguf" ]; then fail=$((fail + 1)); echo "FAIL: a refused mkmodel wrote a file"; else pass=$((pass + 1)); fi
+expect 0 "mkmodel tiny" -- mkmodel --shape tiny --seed 5 -o "$mk/a.gguf"
+has "$out" "wrote $mk/a.gguf: shape tiny, f16 weights, seed 5, 20 tensors" "mkmodel reports what it wrote"
+expect 0 "mkmodel tiny again" -- mkmodel --shape tiny --seed 5 -o "$mk/b.gguf"
+if cmp -s "$mk/a.gguf" "$mk/b.gguf"; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL: same seed, different bytes"; fi
+expect 0 "mkmodel tiny, another seed" -- mkmodel --shape tiny --seed 6 -o "$mk/b.gguf"
+if cmp -s "$mk/a.gguf" "$mk/b.gguf"; then fail=$((fail + 1)); echo "FAIL: seeds 5 and 6 gave the same bytes"; else pass=$((pass + 1)); fi
+expect 0 "inspect a tiny mkmodel file" -- inspect --model "$mk/a.gguf"
+has "$out" "llama n_embd=64 n_layer=2 n_head=4 n_head_kv=2 head_dim=16 n_ff=128 n_vocab=512" "tiny's hyper-parameters"
+has "$out" "weights: all 2 layers present with the expected shapes" "tiny's tensors are what the loader expects"
+has "$out" "total: 20 tensors" "tiny's tensor count"
+printf '{"arch": "qwen2", "n_layer": 1, "n_embd": 64, "n_head": 2, "n_ff": 64, "n_vocab": 300, "tied": false}' >"$mk/q.json"
+expect 0 "mkmodel from a shape file" -- mkmodel --config "$mk/q.json" --type q8_0 -o "$mk/q.gguf"
+expect 0 "inspect a qwen2 mkmodel file" -- inspect --model "$mk/q.gguf"
+has "$out" "qwen2.block_count" "qwen2 keys"
+has "$out" "qkv_bias=yes" "qwen2 has q/k/v biases"
+has "$out" "weights: all 1 layers present with the expected shapes" "qwen2 tensors are what the loader expects"
+# quill tokenize on a generated vocabulary gives llama.cpp's ids (tools/reference/gen-tokenize.py on
+# `quill mkmodel --shape tiny`; the weights and seed do not change the vocabulary)
+for s in "Hello world, the quick brown fox!" "int main(void) { return 0; }" "  two spaces, a tab\there and digits 12345" \
+         "<|im_start|>user\nhi<|im_end|>" "Café ☕ 你好"; do
+    want=$(golden tests/fixtures/mkmodel/tiny.inp tests/fixtures/mkmodel/tiny.out "$s")
+    if [ -z "$want" ]; then fail=$((fail + 1)); echo "FAIL: '$s' is not in tests/fixtures/mkmodel/tiny.inp"; continue; fi
+    expect 0 "tokenize '$s' on tiny" -- tokenize --model "$mk/a.gguf" -- "$(printf '%b' "$s")" &&
+        same "$out" "$want" "tokenize '$s' on tiny = llama.cpp"
+done
+rm -rf "$mk"
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
