@@ -15,6 +15,8 @@
  *    parser returns is also NUL-terminated.
  *  - Output goes to a caller-owned growable ql_proto_buf_t. A writer that fails leaves the buffer
  *    as it was (no half-written JSON or SSE event).
+ *  - Numbers are read and written with strtod/snprintf: the process keeps the "C" numeric locale
+ *    (quill never calls setlocale).
  *
  * NOTE(utf8-out): quill never emits invalid UTF-8. Model text (a token may be a fragment of a
  * multi-byte character), model names and echoed input are written with each maximal ill-formed
@@ -180,7 +182,7 @@ typedef struct ql_proto_opts_s {
  * apply to the endpoint keep their defaults. */
 typedef struct ql_proto_request_s {
     ql_proto_endpoint_t endpoint;
-    const char *model; /* as sent, or opts->served_model when absent, null or "" */
+    const char *model; /* opts->served_model (copied): the body named it, or none (absent, null, "") */
 
     /* ---- the input: one of these, by endpoint ---- */
     const ql_proto_prompt_t *prompts; /* [n_prompts] completions; tokenize with "prompt" (text) */

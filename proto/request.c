@@ -315,7 +315,8 @@ static int parse_content(pctx_t *c, const json_t *msg, size_t i, ql_proto_msg_t 
             m->content_len = 0;
             return 0;
         }
-        ql_proto_error_invalid(c->e, param, "%s: required for role %s; expected a string or a list of text parts",
+        ql_proto_error_invalid(c->e, param,
+                               "%s: required for role %s; expected a string or a list of text parts",
                                param, m->role_name);
         return QL_EINVAL;
     }
@@ -344,7 +345,8 @@ static int parse_content(pctx_t *c, const json_t *msg, size_t i, ql_proto_msg_t 
         if (strcmp(json_string_value(type), "text") != 0 || json_string_length(type) != 4) {
             char q[64];
             fmt_str(type, q, sizeof q);
-            ql_proto_error_invalid(c->e, tp, "%s: %s parts are not supported; quill accepts only \"text\" parts",
+            ql_proto_error_invalid(c->e, tp,
+                                   "%s: %s parts are not supported; quill accepts only \"text\" parts",
                                    tp, q);
             return QL_EINVAL;
         }
@@ -463,7 +465,8 @@ static int parse_logit_bias(pctx_t *c, const json_t *root) {
     const json_t *v = field(root, "logit_bias");
     if (!v) return 0;
     if (!json_is_object(v))
-        return bad_type(c, "logit_bias", "an object mapping token ids (as strings) to numbers in [-100, 100]", v);
+        return bad_type(c, "logit_bias",
+                        "an object mapping token ids (as strings) to numbers in [-100, 100]", v);
     size_t n = json_object_size(v), i = 0;
     ql_proto_logit_bias_t *b = alloc_array(c, n, sizeof *b);
     if (!b) return oom(c);
@@ -515,7 +518,8 @@ static int parse_stream(pctx_t *c, const json_t *root) {
     if (rc < 0) return rc;
     const json_t *so = field(root, "stream_options");
     if (!so) return 0;
-    if (!json_is_object(so)) return bad_type(c, "stream_options", "an object {\"include_usage\": boolean}", so);
+    if (!json_is_object(so))
+        return bad_type(c, "stream_options", "an object {\"include_usage\": boolean}", so);
     if (!c->r->stream) {
         ql_proto_error_invalid(c->e, "stream_options",
                                "stream_options: only allowed when stream is true");
@@ -531,7 +535,8 @@ static int refuse_unsupported(pctx_t *c, const json_t *root) {
     const json_t *v;
     if (c->ep == QL_PROTO_ENDPOINT_COMPLETIONS) {
         if ((v = field(root, "suffix")) && !(json_is_string(v) && json_string_length(v) == 0)) {
-            ql_proto_error_invalid(c->e, "suffix", "suffix: not supported (quill does not insert text); expected null or \"\"");
+            ql_proto_error_invalid(c->e, "suffix", "suffix: not supported (quill does not insert "
+                                                   "text); expected null or \"\"");
             return QL_EINVAL;
         }
         if ((v = field(root, "best_of"))) {
@@ -731,7 +736,8 @@ static int parse_root(pctx_t *c, const json_t *root) {
     case QL_PROTO_ENDPOINT_CHAT:
         if (!messages) {
             ql_proto_error_invalid(c->e, "messages",
-                                   "messages: required; expected a non-empty list of messages {\"role\", \"content\"}");
+                                   "messages: required; expected a non-empty list of messages "
+                                   "{\"role\", \"content\"}");
             return QL_EINVAL;
         }
         r->add_special_tokens = 0;

@@ -133,7 +133,8 @@ static json_t *completion_logprobs(const ql_proto_logprob_t *lp, int32_t n) {
             const char *ks = json_string_value(key);
             size_t kl = json_string_length(key);
             int rc = 0;
-            if (!json_object_getn(d, ks, kl)) rc = json_object_setn_new_nocheck(d, ks, kl, logprob_value(t->logprob));
+            if (!json_object_getn(d, ks, kl))
+                rc = json_object_setn_new_nocheck(d, ks, kl, logprob_value(t->logprob));
             json_decref(key);
             if (rc) goto fail;
         }
