@@ -111,11 +111,15 @@ QL_API float ql_fp16_load(const void *p);
 
 /* ---- rows ---- */
 
-/** Reference dequantization of `n` elements (a multiple of the block size) of type `t`.
- *  @return 0, QL_EINVAL (bad n) or QL_EUNSUPPORTED (type without a reference). */
+/** Reference dequantization of `n` elements (a multiple of the block size) of type `t`:
+ *  F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K.
+ *  @return 0, QL_EINVAL (unknown id, NULL pointer or bad n) or QL_EUNSUPPORTED (a known
+ *  type without a reference). Thread: any. */
 QL_API int ql_dequantize_row(int t, const void *src, float *dst, int64_t n);
-/** Reference quantization (round to nearest), for writing models and for tests.
- *  @return 0, QL_EINVAL or QL_EUNSUPPORTED. */
+/** Reference quantization with ggml's formulas (the tests check the bytes against ggml's
+ *  quantize_row_*_ref and gguf-py), for writing models and for tests: F32, F16, BF16, Q4_0,
+ *  Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K. Non-finite inputs give unspecified (but defined) quants.
+ *  @return 0, QL_EINVAL or QL_EUNSUPPORTED. Thread: any. */
 QL_API int ql_quantize_row(int t, const float *src, void *dst, int64_t n);
 
 #ifdef __cplusplus

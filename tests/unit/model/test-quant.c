@@ -607,7 +607,7 @@ static void test_quant_vs_gguf_py(void **state) {
         n_types++;
     }
     assert_true(feof(fx));
-    assert_int_equal(n_types, 7);
+    assert_int_equal(n_types, 9);
     fclose(fx);
 }
 
