@@ -18,6 +18,10 @@
 
 /* Text longer than this is refused (offsets inside the encoder are 32-bit). */
 #define TEXT_LEN_MAX ((size_t)1 << 30)
+/* Vocabulary limits, far above any real one (the largest have ~260k tokens, a few MiB of
+ * text); they keep every table size and offset within 32 bits. */
+#define VOCAB_MAX ((uint64_t)1 << 28)
+#define TEXT_BYTES_MAX ((uint64_t)1 << 29)
 
 /* ---- small helpers ---- */
 
@@ -88,10 +92,13 @@ static uint64_t hash_bytes(const char *s, size_t n) {
     return mix64(h);
 }
 
+/* Table sizes: a power of two >= n. Callers bound n (VOCAB_MAX, TEXT_BYTES_MAX) so the
+ * result fits the uint32_t masks. */
 static uint32_t pow2_at_least(uint64_t n) {
-    uint32_t c = 16;
+    QL_ASSERT(n <= ((uint64_t)1 << 31));
+    uint64_t c = 16;
     while (c < n) c *= 2;
-    return c;
+    return (uint32_t)c;
 }
 
 static const char *tok_text(const ql_tok_t *tok, int32_t id, size_t *len) {
@@ -235,7 +242,7 @@ static int load_tokens(loader_t *L) {
         set_err(L->err, L->errlen, "%s: empty vocabulary", key);
         return QL_EFORMAT;
     }
-    if (n > (uint64_t)INT32_MAX - 1) {
+    if (n > VOCAB_MAX) {
         set_err(L->err, L->errlen, "%s: %llu tokens is more than quill supports", key, (unsigned long long)n);
         return QL_ERANGE;
     }
@@ -252,7 +259,7 @@ static int load_tokens(loader_t *L) {
         total += s.len + 1;
         if (s.len > max_len) max_len = s.len;
     }
-    if (total >= UINT32_MAX) {
+    if (total > TEXT_BYTES_MAX) {
         set_err(L->err, L->errlen, "%s: %llu bytes of token text is more than quill supports", key,
                 (unsigned long long)total);
         return QL_ERANGE;
@@ -414,7 +421,7 @@ static int load_merges(loader_t *L) {
         return QL_EFORMAT;
     }
     uint64_t n = ql_gguf_arr_len(L->g, ki);
-    if (n > (uint64_t)INT32_MAX / 4) {
+    if (n > VOCAB_MAX) {
         set_err(L->err, L->errlen, "%s: %llu merges is more than quill supports", key, (unsigned long long)n);
         return QL_ERANGE;
     }

@@ -118,8 +118,9 @@ QL_API size_t ql_tok_eog_ids(const ql_tok_t *tok, const int32_t **ids);
 /** The id of the token whose vocabulary text is exactly text[0..len) (any type: "<|im_start|>",
  *  "Ġthe", "<0x0A>"), or -1. O(len). */
 QL_API int32_t ql_tok_find(const ql_tok_t *tok, const char *text, size_t len);
-/** The token's vocabulary text, NUL-terminated (tokens never contain NUL... but if one did,
- *  *len tells), borrowed until ql_tok_free; NULL for an id out of range. `len` may be NULL. */
+/** The token's vocabulary text as stored in the GGUF file (byte-level BPE: in GPT-2's stand-in
+ *  characters, "Ġworld"; SPM: with U+2581), NUL-terminated, its length in *len (a text may hold
+ *  a NUL byte). Borrowed until ql_tok_free; NULL for an id out of range. `len` may be NULL. */
 QL_API const char *ql_tok_text(const ql_tok_t *tok, int32_t id, size_t *len);
 /** The token's type (after llama.cpp's fix-ups: a token named like an end-of-turn marker is
  *  CONTROL), or -1 for an id out of range. */
@@ -127,8 +128,12 @@ QL_API int ql_tok_type(const ql_tok_t *tok, int32_t id);
 
 /* ---- encoding ---- */
 
-/** Tokenizes text[0..len) (any bytes: invalid UTF-8 is kept byte for byte by byte-level BPE
- *  and goes to <0xXX> tokens in SPM) with `flags` (QL_TOK_ADD_SPECIAL, QL_TOK_PARSE_SPECIAL).
+/** Tokenizes text[0..len) with `flags` (QL_TOK_ADD_SPECIAL, QL_TOK_PARSE_SPECIAL), giving
+ *  llama.cpp's ids for valid UTF-8. Any bytes are accepted: invalid UTF-8 is kept byte for byte
+ *  (byte-level BPE) or goes to <0xXX> tokens (SPM), where llama.cpp would substitute U+FFFD
+ *  or mis-cut it. A byte a byte-level vocabulary has no token for is dropped, as llama.cpp
+ *  drops it (SmolLM2 lacks 21 bytes that valid text almost never holds: some C0 controls,
+ *  C0, C1, F1, F2, F5..FF).
  *  Writes at most n_ids_max ids and stores the number of ids the whole text makes in *n_ids.
  *  `ids` may be NULL when n_ids_max is 0 (to size a buffer).
  *  @return 0; QL_ENOSPC (n_ids_max < *n_ids: ids holds the first n_ids_max); QL_EINVAL (NULL
@@ -150,16 +155,21 @@ QL_API int ql_tok_encode(const ql_tok_t *tok, const char *text, size_t len, uint
  *  @return 0, QL_ERANGE (id out of range: *bytes = "", *len = 0) or QL_EINVAL (NULL argument). */
 QL_API int ql_tok_piece(const ql_tok_t *tok, int32_t id, uint32_t flags, const char **bytes, size_t *len);
 
-/** Detokenizes ids[0..n_ids): the pieces joined. For an SPM vocabulary that adds a space
+/** Detokenizes ids[0..n_ids): the pieces joined (no clean-up of spaces before punctuation:
+ *  llama.cpp's clean_spaces would break the round trip). For an SPM vocabulary that adds a space
  *  prefix (tokenizer.ggml.add_space_prefix, on by default), one leading space is removed from
  *  the first piece that produces bytes when that token is a normal token, undoing what
  *  encoding added, unless QL_TOK_CONTINUATION says the ids continue an earlier sequence.
- *  So decode(encode(s)) == s for every byte string s with byte-level BPE, and for SPM with byte
- *  fallback for every s that holds no U+2581 (encoding turns spaces into U+2581, so an actual
- *  U+2581 comes back as a space), both without QL_TOK_ADD_SPECIAL/QL_TOK_PARSE_SPECIAL.
+ *  So, encoding without QL_TOK_ADD_SPECIAL/QL_TOK_PARSE_SPECIAL, decode(encode(s)) == s
+ *  - byte-level BPE: for every byte string s whose bytes all have a normal token (all 256 in
+ *    GPT-2's vocabulary; see ql_tok_encode for the few others lack);
+ *  - SPM with byte fallback: for every byte string s that holds no U+2581 (encoding turns
+ *    spaces into U+2581, so an actual U+2581 comes back as a space) and no user-defined
+ *    token's text (text after such a token gets a space prefix, as in llama.cpp; Llama 2's and
+ *    Phi-3's vocabularies have none).
  *  Writes at most `size` bytes (no NUL) and stores the full length in *n_bytes.
  *  @return 0; QL_ENOSPC (size < *n_bytes: buf holds the first `size` bytes); QL_ERANGE (an id out
- *  of range; the first one is logged at debug level); QL_EINVAL (NULL argument). */
+ *  of range: *n_bytes counts the bytes before it); QL_EINVAL (NULL argument). Thread: any. */
 QL_API int ql_tok_decode(const ql_tok_t *tok, const int32_t *ids, size_t n_ids, uint32_t flags,
                          char *buf, size_t size, size_t *n_bytes);
 
