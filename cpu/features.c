@@ -1,28 +1,66 @@
 /*
  * cpu/features.c — run-time CPU feature detection, so one binary carries both the
- * AVX2/FMA kernels and the portable ones and picks at start-up.
+ * AVX2/FMA (and VNNI) kernels and the portable ones and picks at start-up, and the
+ * QL_CPU_ISA override that forces a lower path (tests, debugging).
  */
 #include "cpu/cpu.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
-unsigned ql_cpu_features(void) {
-    unsigned f = 0;
 #if defined(__x86_64__) || defined(__i386__)
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2")) f |= QL_CPU_FEATURE_AVX2;
-    if (__builtin_cpu_supports("fma")) f |= QL_CPU_FEATURE_FMA;
-    if (__builtin_cpu_supports("avx512f")) f |= QL_CPU_FEATURE_AVX512F;
-    /* f16c has no __builtin_cpu_supports name in older GCC; every AVX2 CPU has it */
-    if (f & QL_CPU_FEATURE_AVX2) f |= QL_CPU_FEATURE_F16C;
-#endif
+#include <cpuid.h>
+
+static uint64_t xgetbv0(void) {
+    uint32_t lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return ((uint64_t)hi << 32) | lo;
+}
+
+static unsigned detect(void) {
+    unsigned f = 0, a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+    const int osxsave = (c >> 27) & 1, fma = (c >> 12) & 1, f16c = (c >> 29) & 1;
+    if (!osxsave) return 0;
+    const uint64_t xcr0 = xgetbv0();
+    const int ymm_os = (xcr0 & 0x6) == 0x6;    /* SSE and AVX state */
+    const int zmm_os = (xcr0 & 0xe6) == 0xe6;  /* + opmask, ZMM_Hi256, Hi16_ZMM */
+    if (!ymm_os) return 0;
+    if (fma) f |= QL_CPU_FEATURE_FMA;
+    if (f16c) f |= QL_CPU_FEATURE_F16C;
+    if (__get_cpuid_max(0, NULL) < 7) return f;
+    __cpuid_count(7, 0, a, b, c, d);
+    if ((b >> 5) & 1) f |= QL_CPU_FEATURE_AVX2;
+    const int avx512f = (b >> 16) & 1, avx512bw = (b >> 30) & 1, avx512vl = (b >> 31) & 1;
+    const int avx512vnni = (c >> 11) & 1;
+    if (zmm_os && avx512f) f |= QL_CPU_FEATURE_AVX512F;
+    if (zmm_os && avx512f && avx512bw && avx512vl && avx512vnni) f |= QL_CPU_FEATURE_AVX512VNNI;
+    __cpuid_count(7, 1, a, b, c, d);
+    if ((a >> 4) & 1) f |= QL_CPU_FEATURE_AVXVNNI;
     return f;
+}
+#else
+static unsigned detect(void) {
+    return 0;
+}
+#endif
+
+unsigned ql_cpu_features(void) {
+    /* NOTE(features-cache): computed once; a benign race writes the same value twice. */
+    static volatile int done = 0;
+    static volatile unsigned cached = 0;
+    if (!done) {
+        cached = detect();
+        done = 1;
+    }
+    return cached;
 }
 
 void ql_cpu_features_str(unsigned features, char *buf, size_t len) {
-    static const char *const names[] = {"avx2", "fma", "f16c", "avx512f"};
+    static const char *const names[] = {"avx2", "fma", "f16c", "avx512f", "avxvnni", "avx512vnni"};
     size_t n = 0;
     if (len == 0) return;
     buf[0] = '\0';
@@ -38,4 +76,45 @@ void ql_cpu_features_str(unsigned features, char *buf, size_t len) {
 int ql_cpu_count(void) {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     return n > 0 ? (int)n : 1;
+}
+
+/* ---- ISA paths ---- */
+
+static const char *const isa_names[QL_CPU_ISA_COUNT] = {"portable", "avx2", "avxvnni", "avx512vnni"};
+
+const char *ql_cpu_isa_name(ql_cpu_isa_t isa) {
+    return (unsigned)isa < QL_CPU_ISA_COUNT ? isa_names[isa] : "unknown";
+}
+
+int ql_cpu_isa_supported(ql_cpu_isa_t isa) {
+    const unsigned base = QL_CPU_FEATURE_AVX2 | QL_CPU_FEATURE_FMA | QL_CPU_FEATURE_F16C;
+    const unsigned f = ql_cpu_features();
+    switch (isa) {
+    case QL_CPU_ISA_PORTABLE: return 1;
+#if defined(__x86_64__) || defined(__i386__)
+    case QL_CPU_ISA_AVX2: return (f & base) == base;
+    case QL_CPU_ISA_AVXVNNI: return (f & base) == base && (f & QL_CPU_FEATURE_AVXVNNI);
+    case QL_CPU_ISA_AVX512VNNI: return (f & base) == base && (f & QL_CPU_FEATURE_AVX512VNNI);
+#endif
+    default: return 0;
+    }
+}
+
+ql_cpu_isa_t ql_cpu_isa_default(void) {
+    ql_cpu_isa_t best = QL_CPU_ISA_PORTABLE;
+    /* NOTE(isa-order): the EVEX and VEX VNNI paths compute the same bits at the same speed
+     * on CPUs that have both; prefer AVX-VNNI (no EVEX frequency licence questions). */
+    if (ql_cpu_isa_supported(QL_CPU_ISA_AVX2)) best = QL_CPU_ISA_AVX2;
+    if (ql_cpu_isa_supported(QL_CPU_ISA_AVX512VNNI)) best = QL_CPU_ISA_AVX512VNNI;
+    if (ql_cpu_isa_supported(QL_CPU_ISA_AVXVNNI)) best = QL_CPU_ISA_AVXVNNI;
+    const char *env = getenv("QL_CPU_ISA");
+    if (env && *env) {
+        for (int i = 0; i < QL_CPU_ISA_COUNT; i++) {
+            if (strcasecmp(env, isa_names[i]) == 0) {
+                if (ql_cpu_isa_supported((ql_cpu_isa_t)i)) return (ql_cpu_isa_t)i;
+                break;
+            }
+        }
+    }
+    return best;
 }

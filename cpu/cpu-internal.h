@@ -1,0 +1,179 @@
+/*
+ * cpu/cpu-internal.h — what the CPU backend's files share and tests may look at: fp16
+ * helpers, the packed ("panel") weight layout the SIMD matmul reads, and the per-ISA
+ * kernel entry points. Not part of the public API (cpu/cpu.h is).
+ *
+ * NOTE(bitwise): every matmul output element (row r, token t) is computed by the same
+ * sequence of float operations whatever the tile, the batch composition, the thread count
+ * or the ISA path (portable C included):
+ *
+ *   quantized weights:  acc = 0
+ *                       for each 32-block b:  isum = Σ w_q·a_q              (exact integer)
+ *                                             acc  = fma((float)isum, d_w·d_a, acc)
+ *                                             acc  = fma(m_w, s_a, acc)     (Q4_1, Q5_1 only)
+ *   f16/f32 weights:    s[j] = Σ_{k ≡ j mod 4} fma chain over k of w[k]·x[k], j = 0..3
+ *                       y = (s[0] + s[1]) + (s[2] + s[3])
+ *
+ * Integer sums are exact, so SIMD kernels may split them any way they like; the float
+ * steps are the same operations in the same order everywhere. That is what makes a
+ * sequence's logits bit-identical alone or inside any batch, and the SIMD paths
+ * bit-identical to the portable one (tests assert both with memcmp).
+ */
+#ifndef QL_CPU_INTERNAL_H
+#define QL_CPU_INTERNAL_H
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "cpu/cpu.h"
+
+/* ---- fp16 (exact, portable; the F16C instructions give the same bits) ---- */
+
+static inline float ql__cpu_fp16_to_fp32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1fu;
+    uint32_t man = h & 0x3ffu;
+    uint32_t bits;
+    if (exp == 0x1f) {
+        bits = sign | 0x7f800000u | (man << 13); /* inf / nan */
+    } else if (exp != 0) {
+        bits = sign | ((exp + 112u) << 23) | (man << 13);
+    } else if (man == 0) {
+        bits = sign;
+    } else { /* subnormal: normalise */
+        int e = -1;
+        do {
+            e++;
+            man <<= 1;
+        } while (!(man & 0x400u));
+        bits = sign | ((uint32_t)(112 - e) << 23) | ((man & 0x3ffu) << 13);
+    }
+    float f;
+    memcpy(&f, &bits, sizeof(f));
+    return f;
+}
+
+/* Round to nearest even, like vcvtps2ph with imm 0 (overflow -> inf, nan stays nan). */
+static inline uint16_t ql__cpu_fp32_to_fp16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, sizeof(x));
+    uint32_t sign = (x >> 16) & 0x8000u;
+    uint32_t ax = x & 0x7fffffffu;
+    if (ax >= 0x7f800000u) return (uint16_t)(sign | 0x7c00u | (ax > 0x7f800000u ? 0x200u | ((ax >> 13) & 0x3ffu) : 0));
+    if (ax >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* rounds to >= 65520: inf */
+    if (ax < 0x38800000u) {                                   /* below 2^-14: subnormal or 0 */
+        if (ax < 0x33000000u) return (uint16_t)sign;          /* < 2^-25: rounds to 0 */
+        uint32_t e = ax >> 23;
+        uint32_t m = (ax & 0x7fffffu) | 0x800000u;
+        uint32_t shift = 126u - e; /* 14..24 */
+        uint32_t r = m >> shift;
+        uint32_t rem = m & ((1u << shift) - 1u);
+        uint32_t half = 1u << (shift - 1u);
+        if (rem > half || (rem == half && (r & 1u))) r++;
+        return (uint16_t)(sign | r);
+    }
+    uint32_t r = ax - 0x38000000u; /* rebias exponent 127 -> 15 */
+    uint32_t rem = r & 0x1fffu;
+    r >>= 13;
+    if (rem > 0x1000u || (rem == 0x1000u && (r & 1u))) r++;
+    return (uint16_t)(sign | r);
+}
+
+static inline float ql__cpu_fp16_load(const void *p) {
+    uint16_t h;
+    memcpy(&h, p, sizeof(h));
+    return ql__cpu_fp16_to_fp32(h);
+}
+
+/* ---- quantized activations ---- */
+
+#define QL_CPU_QK 32 /* elements per activation block (all 32-blocks weights match it) */
+
+/* ---- packed weights ---- */
+
+/* Rows per panel: one ymm lane per row. */
+#define QL_CPU_PANEL_ROWS 8
+
+/* How a panel block stores its quants (see ql_cpu_weight_t in cpu.h):
+ *   P4  (Q4_0, Q4_1):  4 vectors of 32 bytes; byte (lane r, j) of vector v holds in its
+ *                      low nibble u[r][4v+j] and in its high nibble u[r][16+4v+j]
+ *   P8U (Q5_0, Q5_1):  8 vectors; byte (r, j) of vector g is u[r][4g+j] (0..31)
+ *   P8S (Q8_0, and K-quants requantized to Q8_0): as P8U with signed q[r][4g+j]
+ *   then d[8] fp16, and for Q4_1/Q5_1 m[8] fp16.
+ * F16 / F32 panels store, for each k, the 8 rows' values (16 or 32 bytes).
+ * Rows past n_out are zero (d = 0). */
+typedef enum ql_cpu_pack_e {
+    QL_CPU_PACK_NONE = 0,
+    QL_CPU_PACK_P4 = 1,
+    QL_CPU_PACK_P8U = 2,
+    QL_CPU_PACK_P8S = 3,
+    QL_CPU_PACK_F16 = 4,
+    QL_CPU_PACK_F32 = 5,
+} ql_cpu_pack_t;
+
+/* Per-type integer offset: the stored u is w + off, so Σ w·a = Σ u·a − off·Σ a. */
+static inline int ql__cpu_type_offset(int type) {
+    switch (type) {
+    case QL_DTYPE_Q4_0: return 8;
+    case QL_DTYPE_Q5_0: return 16;
+    default: return 0;
+    }
+}
+static inline int ql__cpu_type_has_min(int type) {
+    return type == QL_DTYPE_Q4_1 || type == QL_DTYPE_Q5_1;
+}
+
+/* Arguments of one matmul tile job: weight panels [p0, p1) against tokens [0, n_tok). */
+typedef struct ql__cpu_mm_args_s {
+    const ql_cpu_weight_t *w;
+    const ql_cpu_act_t *x;
+    float *y;        /* [n_tok][ldy] */
+    int64_t ldy;
+    int64_t p0, p1;  /* panel range */
+} ql__cpu_mm_args_t;
+
+/* ---- per-ISA kernels (cpu/kernels-x86.inc instantiated by cpu/kernels-*.c) ---- */
+
+#define QL__CPU_DECLARE_ISA(sfx)                                                                  \
+    void ql__cpu_quantize_act_##sfx(const float *x, int64_t n, int8_t *qs, float *d, float *s,    \
+                                    int32_t *sum);                                                \
+    void ql__cpu_mm_panels_##sfx(const ql__cpu_mm_args_t *a);                                     \
+    float ql__cpu_dot_f32_##sfx(const float *a, const float *b, int64_t n);                       \
+    float ql__cpu_dot_f16_f32_##sfx(const uint16_t *a, const float *b, int64_t n);                \
+    void ql__cpu_axpy_f16_##sfx(float *y, float a, const uint16_t *x, int64_t n);                 \
+    void ql__cpu_f32_to_f16_##sfx(const float *x, uint16_t *y, int64_t n);
+
+#if defined(__x86_64__) || defined(__i386__)
+#define QL_CPU_HAVE_X86 1
+QL__CPU_DECLARE_ISA(avx2)
+QL__CPU_DECLARE_ISA(avxvnni)
+QL__CPU_DECLARE_ISA(avx512vnni)
+#endif
+
+/* Portable versions (cpu/kernels-portable.c). */
+void ql__cpu_quantize_act_portable(const float *x, int64_t n, int8_t *qs, float *d, float *s,
+                                   int32_t *sum);
+void ql__cpu_mm_rows_portable(const ql_cpu_weight_t *w, const ql_cpu_act_t *x, float *y, int64_t ldy,
+                              int64_t r0, int64_t r1);
+float ql__cpu_dot_f32_portable(const float *a, const float *b, int64_t n);
+float ql__cpu_dot_f16_f32_portable(const uint16_t *a, const float *b, int64_t n);
+void ql__cpu_axpy_f16_portable(float *y, float a, const uint16_t *x, int64_t n);
+void ql__cpu_f32_to_f16_portable(const float *x, uint16_t *y, int64_t n);
+
+/** Loads row-local quants of a 32-block of `type` at `blk` as signed integers w[32] with
+ *  x = d·w + m (m = 0 unless the type has a min). */
+void ql__cpu_block_unpack(int type, const void *blk, int8_t w[QL_CPU_QK], float *d, float *m);
+
+/* ---- attention ---- */
+
+#define QL__CPU_ATTN_GROUP_MAX 32 /* query heads per KV head, at most */
+
+/** Attention of the n_group query heads sharing KV head `kv_head` (q, out: [n_group][head_dim])
+ *  over positions 0..n_pos-1 read through `table`. scratch holds n_group · n_pos floats.
+ *  The same bits on every ISA (dot and axpy helpers are exact replicas). */
+void ql__cpu_attn_group(ql_cpu_isa_t isa, const ql_kv_layout_t *kv, const uint16_t *k_pool, const uint16_t *v_pool,
+                        int kv_head, const int32_t *table, int32_t n_pos, const float *q, float *out, int n_group,
+                        float scale, float *scratch);
+
+#endif /* QL_CPU_INTERNAL_H */

@@ -1,0 +1,190 @@
+/*
+ * cpu/ops.c — the plain-C reference ops of the forward pass (RMSNorm, RoPE, softmax,
+ * SwiGLU, embedding gather, attention over the paged KV cache). The forward pass runs
+ * these very functions (or, for attention, the same per-head routine with the ISA's
+ * vector helpers, which give the same bits), and the CUDA kernels are tested against them.
+ *
+ * Numerics follow ggml where llama.cpp is the golden reference: RMSNorm's mean of squares
+ * accumulates in double, RoPE angles are formed by repeated f32 multiplication, silu is
+ * x / (1 + e^−x).
+ */
+#define QL_LOG_MODULE "cpu"
+#include <stdlib.h>
+
+#include "cpu/cpu-internal.h"
+
+/* ---- RMSNorm ---- */
+
+void ql_cpu_rmsnorm(float *out, const float *x, const float *w, int64_t n_tok, int64_t dim, float eps) {
+    for (int64_t t = 0; t < n_tok; t++) {
+        const float *xt = x + t * dim;
+        float *ot = out + t * dim;
+        double sum = 0.0;
+        for (int64_t i = 0; i < dim; i++) sum += (double)(xt[i] * xt[i]);
+        const float mean = (float)(sum / (double)dim);
+        const float scale = 1.0f / sqrtf(mean + eps);
+        if (w) {
+            for (int64_t i = 0; i < dim; i++) ot[i] = (xt[i] * scale) * w[i];
+        } else {
+            for (int64_t i = 0; i < dim; i++) ot[i] = xt[i] * scale;
+        }
+    }
+}
+
+/* ---- RoPE ---- */
+
+void ql_cpu_rope_cache(const ql_rope_params_t *p, int32_t pos, float *cs) {
+    const float theta_scale = powf(p->freq_base, -2.0f / (float)p->n_rot);
+    float theta = (float)pos;
+    for (int i = 0; i < p->n_rot / 2; i++) {
+        const float ff = p->freq_factors ? p->freq_factors[i] : 1.0f;
+        const float th = p->freq_scale * (theta / ff);
+        cs[2 * i] = cosf(th);
+        cs[2 * i + 1] = sinf(th);
+        theta *= theta_scale;
+    }
+}
+
+void ql_cpu_rope_apply(const ql_rope_params_t *p, const float *cs, float *x, int n_head, int head_dim) {
+    const int half = p->n_rot / 2;
+    for (int h = 0; h < n_head; h++) {
+        float *xh = x + (int64_t)h * head_dim;
+        for (int i = 0; i < half; i++) {
+            const float c = cs[2 * i], s = cs[2 * i + 1];
+            float *a, *b;
+            if (p->mode == QL_ROPE_MODE_NEOX) {
+                a = xh + i;
+                b = xh + i + half;
+            } else {
+                a = xh + 2 * i;
+                b = xh + 2 * i + 1;
+            }
+            const float x0 = *a, x1 = *b;
+            *a = x0 * c - x1 * s;
+            *b = x0 * s + x1 * c;
+        }
+    }
+}
+
+void ql_cpu_rope(const ql_rope_params_t *p, float *x, const int32_t *pos, int64_t n_tok, int n_head, int head_dim) {
+    float *cs = malloc(sizeof(float) * (size_t)(p->n_rot > 0 ? p->n_rot : 1));
+    QL_ASSERT(cs);
+    for (int64_t t = 0; t < n_tok; t++) {
+        ql_cpu_rope_cache(p, pos[t], cs);
+        ql_cpu_rope_apply(p, cs, x + t * (int64_t)n_head * head_dim, n_head, head_dim);
+    }
+    free(cs);
+}
+
+/* ---- softmax, SwiGLU ---- */
+
+void ql_cpu_softmax(float *x, int64_t n_rows, int64_t n) {
+    for (int64_t r = 0; r < n_rows; r++) {
+        float *xr = x + r * n;
+        float mx = -INFINITY;
+        for (int64_t i = 0; i < n; i++) mx = xr[i] > mx ? xr[i] : mx;
+        float sum = 0.0f;
+        for (int64_t i = 0; i < n; i++) {
+            xr[i] = expf(xr[i] - mx);
+            sum += xr[i];
+        }
+        const float inv = 1.0f / sum;
+        for (int64_t i = 0; i < n; i++) xr[i] *= inv;
+    }
+}
+
+void ql_cpu_swiglu(float *out, const float *gate, const float *up, int64_t n_tok, int64_t n_ff) {
+    for (int64_t i = 0; i < n_tok * n_ff; i++) {
+        const float g = gate[i];
+        out[i] = (g / (1.0f + expf(-g))) * up[i];
+    }
+}
+
+/* ---- embedding gather ---- */
+
+int ql_cpu_get_rows(float *out, const void *table, int type, int64_t n_rows, int64_t dim, const int32_t *ids,
+                    int64_t n_ids) {
+    size_t row_bytes;
+    int rc = ql_dtype_row_bytes(type, dim, &row_bytes);
+    if (rc) return rc == QL_EINVAL ? QL_EINVAL : rc;
+    for (int64_t t = 0; t < n_ids; t++) {
+        if (ids[t] < 0 || ids[t] >= n_rows) return QL_EINVAL;
+        const uint8_t *row = (const uint8_t *)table + (size_t)ids[t] * row_bytes;
+        if (type == QL_DTYPE_F32) {
+            memcpy(out + t * dim, row, (size_t)dim * sizeof(float));
+        } else if ((rc = ql_dequantize_row(type, row, out + t * dim, dim))) {
+            return rc;
+        }
+    }
+    return 0;
+}
+
+/* ---- attention over the paged KV cache ---- */
+
+void ql__cpu_attn_group(ql_cpu_isa_t isa, const ql_kv_layout_t *kv, const uint16_t *k_pool, const uint16_t *v_pool,
+                        int kv_head, const int32_t *table, int32_t n_pos, const float *q, float *out, int n_group,
+                        float scale, float *scratch) {
+    const int hd = kv->head_dim, bs = kv->block_size;
+    /* scores[g][j] = (q_g · k_j) · scale */
+    for (int32_t j0 = 0; j0 < n_pos; j0 += bs) {
+        const int32_t n = QL_MIN(bs, n_pos - j0);
+        const uint16_t *kb = k_pool + ql_kv_offset(kv, table[j0 / bs], kv_head, 0);
+        for (int32_t j = 0; j < n; j++)
+            for (int g = 0; g < n_group; g++)
+                scratch[(int64_t)g * n_pos + j0 + j] = ql_cpu_dot_f16_f32(isa, kb + (int64_t)j * hd, q + (int64_t)g * hd, hd) * scale;
+    }
+    /* softmax numerators in place; out = Σ_j e_j v_j / Σ_j e_j */
+    float inv[QL__CPU_ATTN_GROUP_MAX];
+    for (int g = 0; g < n_group; g++) {
+        float *s = scratch + (int64_t)g * n_pos;
+        float mx = -INFINITY;
+        for (int32_t j = 0; j < n_pos; j++) mx = s[j] > mx ? s[j] : mx;
+        float sum = 0.0f;
+        for (int32_t j = 0; j < n_pos; j++) {
+            s[j] = expf(s[j] - mx);
+            sum += s[j];
+        }
+        inv[g] = 1.0f / sum;
+        memset(out + (int64_t)g * hd, 0, sizeof(float) * (size_t)hd);
+    }
+    for (int32_t j0 = 0; j0 < n_pos; j0 += bs) {
+        const int32_t n = QL_MIN(bs, n_pos - j0);
+        const uint16_t *vb = v_pool + ql_kv_offset(kv, table[j0 / bs], kv_head, 0);
+        for (int32_t j = 0; j < n; j++)
+            for (int g = 0; g < n_group; g++)
+                ql_cpu_axpy_f16(isa, out + (int64_t)g * hd, scratch[(int64_t)g * n_pos + j0 + j], vb + (int64_t)j * hd, hd);
+    }
+    for (int g = 0; g < n_group; g++)
+        for (int i = 0; i < hd; i++) out[(int64_t)g * hd + i] *= inv[g];
+}
+
+int ql_cpu_attention_ref(const ql_cpu_attn_args_t *a) {
+    if (!a || !a->kv || !a->k_pool || !a->v_pool || !a->q || !a->out || a->n_tok < 0) return QL_EINVAL;
+    const ql_kv_layout_t *kv = a->kv;
+    if (kv->n_kv_head <= 0 || a->n_head <= 0 || a->n_head % kv->n_kv_head || kv->head_dim <= 0 || kv->block_size <= 0)
+        return QL_EINVAL;
+    const int n_group = a->n_head / kv->n_kv_head;
+    if (n_group > QL__CPU_ATTN_GROUP_MAX) return QL_EINVAL;
+    int32_t max_pos = 0;
+    for (int64_t t = 0; t < a->n_tok; t++) {
+        const int32_t s = a->seq_of[t];
+        if (s < 0 || s >= a->n_seqs || a->pos[t] < 0) return QL_EINVAL;
+        if (a->pos[t] / kv->block_size >= a->n_blocks[s]) return QL_EINVAL;
+        for (int32_t i = 0; i <= a->pos[t] / kv->block_size; i++)
+            if (a->block_tables[s][i] < 0 || a->block_tables[s][i] >= kv->n_blocks) return QL_EINVAL;
+        max_pos = QL_MAX(max_pos, a->pos[t]);
+    }
+    float *scratch = malloc(sizeof(float) * (size_t)n_group * (size_t)(max_pos + 1));
+    if (!scratch) return QL_ENOMEM;
+    const int64_t hd = kv->head_dim;
+    for (int64_t t = 0; t < a->n_tok; t++) {
+        const int32_t s = a->seq_of[t];
+        for (int h = 0; h < kv->n_kv_head; h++) {
+            const int64_t off = (t * a->n_head + (int64_t)h * n_group) * hd;
+            ql__cpu_attn_group(QL_CPU_ISA_PORTABLE, kv, a->k_pool, a->v_pool, h, a->block_tables[s], a->pos[t] + 1,
+                               a->q + off, a->out + off, n_group, a->scale, scratch);
+        }
+    }
+    free(scratch);
+    return 0;
+}
