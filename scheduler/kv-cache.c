@@ -56,9 +56,15 @@ struct ql_kv_s {
 };
 
 static inline int32_t ceil_div(int32_t a, int32_t b) { return (int32_t)(((int64_t)a + b - 1) / b); }
-static inline int32_t *block_tokens(const ql_kv_t *kv, int32_t b) { return kv->tokens + (size_t)b * (size_t)kv->bs; }
-static inline int32_t *seq_table(const ql_kv_t *kv, int32_t seq) { return kv->tables + (size_t)seq * (size_t)kv->n_bps; }
-static inline int seq_ok(const ql_kv_t *kv, int32_t seq) { return kv && seq >= 0 && seq < kv->n_seq_max && kv->seqs[seq].open; }
+static inline int32_t *block_tokens(const ql_kv_t *kv, int32_t b) {
+    return kv->tokens + (size_t)b * (size_t)kv->bs;
+}
+static inline int32_t *seq_table(const ql_kv_t *kv, int32_t seq) {
+    return kv->tables + (size_t)seq * (size_t)kv->n_bps;
+}
+static inline int seq_ok(const ql_kv_t *kv, int32_t seq) {
+    return kv && seq >= 0 && seq < kv->n_seq_max && kv->seqs[seq].open;
+}
 
 /* ---- the free list and the LRU list ---- */
 
@@ -172,8 +178,8 @@ static int32_t find_exact(const ql_kv_t *kv, uint64_t key, const int32_t *toks, 
 /* Matches prompt blocks against the cache, at most floor((n_prompt - 1) / bs) of them
  * (NOTE(last-block) in kv-cache.h). Stores the hits in out[] when not NULL; counts those that
  * are unreferenced now in *n_reclaimed. @return the number of blocks matched. */
-static int32_t match_prefix(const ql_kv_t *kv, const int32_t *prompt, int32_t n_prompt, int32_t *out,
-                            int32_t *n_reclaimed) {
+static int32_t match_prefix(const ql_kv_t *kv, const int32_t *prompt, int32_t n_prompt,
+                            int32_t *out, int32_t *n_reclaimed) {
     *n_reclaimed = 0;
     if (!kv->prefix_on || n_prompt < 1) return 0;
     int32_t n_max = (n_prompt - 1) / kv->bs, i = 0, parent = -1;
@@ -247,7 +253,8 @@ static void *alloc_array(size_t n, size_t size) {
 int ql_kv_init(const ql_kv_params_t *p, ql_kv_t **out) {
     if (!p || !out) return QL_EINVAL;
     *out = NULL;
-    if (p->n_blocks < 1 || p->block_size < 1 || p->n_seq_max < 1 || p->n_tokens_max < 1) return QL_EINVAL;
+    if (p->n_blocks < 1 || p->block_size < 1 || p->n_seq_max < 1 || p->n_tokens_max < 1)
+        return QL_EINVAL;
     if (p->prefix_cache != 0 && p->prefix_cache != 1) return QL_EINVAL;
 
     ql_kv_t *kv = calloc(1, sizeof(*kv));
@@ -262,7 +269,8 @@ int ql_kv_init(const ql_kv_params_t *p, ql_kv_t **out) {
     kv->root_key = ql_prefix_root_key(p->hash_seed);
 
     size_t nb = (size_t)p->n_blocks, ns = (size_t)p->n_seq_max, n_table, n_slots;
-    if (ql_size_mul(ns, (size_t)kv->n_bps, &n_table) != 0 || ql_size_mul(nb, (size_t)kv->bs, &n_slots) != 0)
+    if (ql_size_mul(ns, (size_t)kv->n_bps, &n_table) != 0 ||
+        ql_size_mul(nb, (size_t)kv->bs, &n_slots) != 0)
         goto fail;
     kv->ref = alloc_array(nb, sizeof(int32_t));
     kv->next = alloc_array(nb, sizeof(int32_t));
@@ -276,8 +284,8 @@ int ql_kv_init(const ql_kv_params_t *p, ql_kv_t **out) {
     kv->seqs = alloc_array(ns, sizeof(kv_seq_t));
     kv->tables = alloc_array(n_table, sizeof(int32_t));
     kv->seq_free = alloc_array(ns, sizeof(int32_t));
-    if (!kv->ref || !kv->next || !kv->prev || !kv->reg || !kv->key || !kv->parent || !kv->parent_gen ||
-        !kv->gen || !kv->tokens || !kv->seqs || !kv->tables || !kv->seq_free)
+    if (!kv->ref || !kv->next || !kv->prev || !kv->reg || !kv->key || !kv->parent ||
+        !kv->parent_gen || !kv->gen || !kv->tokens || !kv->seqs || !kv->tables || !kv->seq_free)
         goto fail;
     if (ql_prefix_index_init(&kv->index, p->n_blocks) != 0) goto fail;
 
@@ -416,7 +424,8 @@ int ql_kv_seq_can_append(const ql_kv_t *kv, int32_t seq, int32_t n_tokens) {
     return need >= 0 && need <= ql_kv_n_blocks_available(kv);
 }
 
-int ql_kv_seq_append(ql_kv_t *kv, int32_t seq, const int32_t *tokens, int32_t n_tokens, ql_kv_copy_t *copy) {
+int ql_kv_seq_append(ql_kv_t *kv, int32_t seq, const int32_t *tokens, int32_t n_tokens,
+                     ql_kv_copy_t *copy) {
     if (copy) copy->src = copy->dst = -1;
     if (!seq_ok(kv, seq) || !copy || n_tokens < 0 || (n_tokens > 0 && !tokens)) return QL_EINVAL;
     kv_seq_t *s = &kv->seqs[seq];
@@ -461,8 +470,12 @@ int ql_kv_seq_set_computed(ql_kv_t *kv, int32_t seq, int32_t n_computed) {
 
 /* ---- queries ---- */
 
-int32_t ql_kv_seq_n_tokens(const ql_kv_t *kv, int32_t seq) { return seq_ok(kv, seq) ? kv->seqs[seq].n_tokens : QL_EINVAL; }
-int32_t ql_kv_seq_n_computed(const ql_kv_t *kv, int32_t seq) { return seq_ok(kv, seq) ? kv->seqs[seq].n_computed : QL_EINVAL; }
+int32_t ql_kv_seq_n_tokens(const ql_kv_t *kv, int32_t seq) {
+    return seq_ok(kv, seq) ? kv->seqs[seq].n_tokens : QL_EINVAL;
+}
+int32_t ql_kv_seq_n_computed(const ql_kv_t *kv, int32_t seq) {
+    return seq_ok(kv, seq) ? kv->seqs[seq].n_computed : QL_EINVAL;
+}
 int32_t ql_kv_seq_n_cached_prompt(const ql_kv_t *kv, int32_t seq) {
     return seq_ok(kv, seq) ? kv->seqs[seq].n_cached_prompt : QL_EINVAL;
 }
@@ -478,7 +491,8 @@ const int32_t *ql_kv_seq_block_table(const ql_kv_t *kv, int32_t seq, int32_t *n_
 
 int32_t ql_kv_n_blocks_available(const ql_kv_t *kv) { return kv->n_free + kv->n_cached; }
 
-int ql_kv_prefix_probe(const ql_kv_t *kv, const int32_t *prompt, int32_t n_prompt, ql_kv_probe_t *out) {
+int ql_kv_prefix_probe(const ql_kv_t *kv, const int32_t *prompt, int32_t n_prompt,
+                       ql_kv_probe_t *out) {
     if (!kv || !out || n_prompt < 0 || (n_prompt > 0 && !prompt)) return QL_EINVAL;
     if (n_prompt > kv->n_tokens_max) return QL_ERANGE;
     int32_t n_reclaimed;
@@ -550,8 +564,9 @@ int ql_kv_check(const ql_kv_t *kv) {
         free(seen);
         return QL_ENOMEM;
     }
-    CHECK(kv->n_free + kv->n_cached + kv->n_used == kv->n_blocks, "free %d + cached %d + used %d != %d",
-          kv->n_free, kv->n_cached, kv->n_used, kv->n_blocks);
+    CHECK(kv->n_free + kv->n_cached + kv->n_used == kv->n_blocks,
+          "free %d + cached %d + used %d != %d", kv->n_free, kv->n_cached, kv->n_used,
+          kv->n_blocks);
 
     int32_t n_open = 0;
     for (int32_t q = 0; q < kv->n_seq_max; q++) {
@@ -562,8 +577,8 @@ int ql_kv_check(const ql_kv_t *kv) {
         int32_t nb = ceil_div(s->n_tokens, kv->bs);
         CHECK(0 <= s->n_computed && s->n_computed <= s->n_tokens && s->n_tokens <= kv->n_tokens_max,
               "seq %d counts %d/%d", q, s->n_computed, s->n_tokens);
-        CHECK(0 <= s->n_committed && s->n_committed <= s->n_computed / kv->bs, "seq %d committed %d", q,
-              s->n_committed);
+        CHECK(0 <= s->n_committed && s->n_committed <= s->n_computed / kv->bs,
+              "seq %d committed %d", q, s->n_committed);
         for (int32_t i = 0; i < kv->n_bps; i++) {
             if (i >= nb) {
                 CHECK(t[i] == -1, "seq %d table[%d] = %d past its end", q, i, t[i]);
@@ -571,11 +586,12 @@ int ql_kv_check(const ql_kv_t *kv) {
             }
             CHECK(t[i] >= 0 && t[i] < kv->n_blocks, "seq %d table[%d] = %d", q, i, t[i]);
             refs[t[i]]++;
-            if (kv->prefix_on && i < s->n_committed) CHECK(kv->reg[t[i]], "seq %d committed block %d unregistered", q, t[i]);
+            if (kv->prefix_on && i < s->n_committed)
+                CHECK(kv->reg[t[i]], "seq %d committed block %d unregistered", q, t[i]);
         }
     }
-    CHECK(n_open + kv->n_seq_free == kv->n_seq_max, "open %d + free ids %d != %d", n_open, kv->n_seq_free,
-          kv->n_seq_max);
+    CHECK(n_open + kv->n_seq_free == kv->n_seq_max, "open %d + free ids %d != %d", n_open,
+          kv->n_seq_free, kv->n_seq_max);
     for (int32_t i = 0; i < kv->n_seq_free; i++) {
         int32_t q = kv->seq_free[i];
         CHECK(q >= 0 && q < kv->n_seq_max && !kv->seqs[q].open, "free seq id %d", q);
@@ -584,7 +600,8 @@ int ql_kv_check(const ql_kv_t *kv) {
     int32_t n = 0;
     for (int32_t b = kv->free_head; b >= 0; b = kv->next[b]) {
         CHECK(n++ < kv->n_free && !seen[b], "free list cycle or overrun at %d", b);
-        CHECK(kv->ref[b] == 0 && !kv->reg[b], "free block %d ref %d reg %d", b, kv->ref[b], kv->reg[b]);
+        CHECK(kv->ref[b] == 0 && !kv->reg[b], "free block %d ref %d reg %d", b, kv->ref[b],
+              kv->reg[b]);
         seen[b] = 1;
     }
     CHECK(n == kv->n_free, "free list holds %d, count %d", n, kv->n_free);
@@ -592,7 +609,8 @@ int ql_kv_check(const ql_kv_t *kv) {
     for (int32_t b = kv->lru_head, prev = -1; b >= 0; prev = b, b = kv->next[b]) {
         CHECK(n++ < kv->n_cached && !seen[b], "LRU cycle or overrun at %d", b);
         CHECK(kv->prev[b] == prev, "LRU prev link of %d", b);
-        CHECK(kv->ref[b] == 0 && kv->reg[b], "cached block %d ref %d reg %d", b, kv->ref[b], kv->reg[b]);
+        CHECK(kv->ref[b] == 0 && kv->reg[b], "cached block %d ref %d reg %d", b, kv->ref[b],
+              kv->reg[b]);
         if (kv->next[b] < 0) CHECK(kv->lru_tail == b, "LRU tail %d != %d", kv->lru_tail, b);
         seen[b] = 2;
     }
@@ -600,7 +618,8 @@ int ql_kv_check(const ql_kv_t *kv) {
 
     int32_t n_used = 0, n_reg = 0;
     for (int32_t b = 0; b < kv->n_blocks; b++) {
-        CHECK(refs[b] == kv->ref[b], "block %d ref %d, tables hold it %d times", b, kv->ref[b], refs[b]);
+        CHECK(refs[b] == kv->ref[b], "block %d ref %d, tables hold it %d times", b, kv->ref[b],
+              refs[b]);
         CHECK((kv->ref[b] > 0) == !seen[b], "block %d ref %d on list %d", b, kv->ref[b], seen[b]);
         n_used += kv->ref[b] > 0;
         if (!kv->reg[b]) continue;
@@ -608,7 +627,8 @@ int ql_kv_check(const ql_kv_t *kv) {
         CHECK(kv->prefix_on, "block %d registered with the cache off", b);
         uint64_t cursor = 0;
         int32_t found = 0;
-        for (int32_t x; (x = ql_prefix_index_next(&kv->index, kv->key[b], &cursor)) >= 0;) found += x == b;
+        for (int32_t x; (x = ql_prefix_index_next(&kv->index, kv->key[b], &cursor)) >= 0;)
+            found += x == b;
         CHECK(found == 1, "block %d in the index %d times", b, found);
     }
     CHECK(n_used == kv->n_used, "used %d, count %d", n_used, kv->n_used);

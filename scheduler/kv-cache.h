@@ -16,7 +16,8 @@
  *                                decode token, speculative drafts); perform the returned copy
  *   backend forward              writes the KV of positions [n_computed, n_tokens)
  *   ql_kv_seq_set_computed(n)    those positions now hold KV: full blocks become cacheable
- *   ql_kv_seq_truncate(n)        roll back rejected speculative positions
+ *   ql_kv_seq_truncate(n)        roll back rejected speculative positions (before or after
+ *                                set_computed: a cached block of rejected drafts is valid KV)
  *   ql_kv_seq_close()            release everything (finish, cancellation, preemption)
  *
  * Block states: every block is exactly one of

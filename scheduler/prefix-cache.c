@@ -27,7 +27,9 @@ static inline uint64_t mix64(uint64_t x) {
     return x;
 }
 
-uint64_t ql_prefix_root_key(uint64_t seed) { return mix64(seed ^ 0x5175696c6c4b5630ull /* "QuillKV0" */); }
+uint64_t ql_prefix_root_key(uint64_t seed) {
+    return mix64(seed ^ 0x5175696c6c4b5630ull /* "QuillKV0" */);
+}
 
 uint64_t ql_prefix_hash(uint64_t parent_key, const int32_t *tokens, int32_t n_tokens) {
     /* the length goes in first, so [a] and [a, 0] differ even though the last word is padded */

@@ -20,8 +20,8 @@
 
 /* ---- helpers ---- */
 
-static ql_kv_t *new_kv(int32_t n_blocks, int32_t bs, int32_t n_seq, int32_t n_tokens_max, int prefix,
-                       ql_prefix_hash_fn hash) {
+static ql_kv_t *new_kv(int32_t n_blocks, int32_t bs, int32_t n_seq, int32_t n_tokens_max,
+                       int prefix, ql_prefix_hash_fn hash) {
     ql_kv_params_t p = ql_kv_params_default();
     p.n_blocks = n_blocks;
     p.block_size = bs;
@@ -160,7 +160,8 @@ static void test_append_allocates_at_block_boundaries(void **state) {
     assert_int_equal(ql_kv_seq_n_computed(kv, seq), 0);
     const int32_t *t = ql_kv_seq_block_table(kv, seq, &nb);
     assert_int_equal(nb, 3);
-    for (int32_t p = 0; p < 9; p++) assert_int_equal(ql_kv_block_tokens(kv, t[p / 4])[p % 4], 100 + p);
+    for (int32_t p = 0; p < 9; p++)
+        assert_int_equal(ql_kv_block_tokens(kv, t[p / 4])[p % 4], 100 + p);
     for (int32_t i = 0; i < 3; i++) {
         assert_int_equal(ql_kv_block_ref(kv, t[i]), 1);
         for (int32_t j = 0; j < i; j++) assert_int_not_equal(t[i], t[j]);

@@ -97,7 +97,8 @@ static void test_hash(void **state) {
     assert_true(h != ql_prefix_hash(root ^ 1, a, 8)); /* chained on the parent */
     assert_true(h != ql_prefix_hash(root, a, 7)); /* the length counts */
     int32_t z1[1] = {5}, z2[2] = {5, 0};
-    assert_true(ql_prefix_hash(root, z1, 1) != ql_prefix_hash(root, z2, 2)); /* padding is not a token */
+    /* padding is not a token */
+    assert_true(ql_prefix_hash(root, z1, 1) != ql_prefix_hash(root, z2, 2));
     for (int32_t i = 0; i < 8; i++) { /* every token counts, and the order */
         memcpy(b, a, sizeof(a));
         b[i] ^= 1 << (i * 3);
@@ -225,7 +226,8 @@ static void test_hits_at_block_granularity(void **state) {
     assert_int_equal(stats(kv).n_blocks_used, 4);
 
     /* decoded tokens are cached too, once their block is full and computed */
-    int32_t r[17] = {100, 101, 102, 103, 104, 105, 106, 107, 108, 7, 110, 111, 555, 556, 557, 558, 9};
+    int32_t r[17] = {100, 101, 102, 103, 104, 105, 106, 107, 108,
+                     7,   110, 111, 555, 556, 557, 558, 9};
     assert_int_equal(cached_tokens(kv, r, 17), 12);
     ql_kv_copy_t c;
     assert_int_equal(ql_kv_seq_append(kv, b, r + 12, 4, &c), 0);
@@ -341,7 +343,8 @@ static void test_forced_collision(void **state) {
         int32_t nb;
         const int32_t *t = ql_kv_seq_block_table(kv, seq, &nb);
         const int32_t *want = seq == a ? p : seq == b ? q : mix;
-        for (int32_t i = 0; i < 9; i++) assert_int_equal(ql_kv_block_tokens(kv, t[i / BS])[i % BS], want[i]);
+        for (int32_t i = 0; i < 9; i++)
+            assert_int_equal(ql_kv_block_tokens(kv, t[i / BS])[i % BS], want[i]);
     }
     assert_accounting(kv);
     ql_kv_free(kv);
