@@ -26,7 +26,7 @@
 #endif
 
 #define QL_POOL_IDLE_SPIN_NS 2000000u /* 2 ms of spinning before a worker sleeps */
-#define QL_POOL_BARRIER_SPINS 20000   /* pause rounds before a barrier waiter yields */
+#define QL_POOL_BARRIER_SPINS 2000    /* pause rounds (~50-300 us) before a barrier waiter yields */
 
 /* Cache-line separated counters: the barrier's count is hammered by every thread. */
 typedef struct ql_pool_line_s {
