@@ -2,7 +2,11 @@
 """tools/gen-unicode-data.py: writes model/unicode-data.c, the code point classes the
 tokenizers' pre-tokenizers need, from Python's own unicodedata.
 
-    python3 tools/gen-unicode-data.py > model/unicode-data.c
+    python3.13 tools/gen-unicode-data.py > model/unicode-data.c
+
+It needs Unicode 15.1 (Python 3.13), the version of llama.cpp's own tables: with Python
+3.11's Unicode 14, the digits added in 15.0 (Kawi, Kaktovik, Nag Mundari) were not \\p{N} and
+llama3 splitting differed from llama.cpp's. (On this machine: ~/.pyenv/versions/3.13.0.)
 
 The table is run-length encoded: run i covers the code points from start[i] up to
 start[i + 1] - 1 (the last run up to U+10FFFF) and has flags[i]. The flags are the
@@ -66,7 +70,13 @@ def check_claims():
             sys.exit(f"gen-unicode-data: U+{cp:04X} lower-cases to ASCII '{low[0]}'")
 
 
+UNICODE_VERSION = "15.1.0"
+
+
 def main():
+    if unicodedata.unidata_version != UNICODE_VERSION:
+        sys.exit(f"gen-unicode-data: this Python has Unicode {unicodedata.unidata_version}; "
+                 f"run it with one that has {UNICODE_VERSION} (Python 3.13)")
     check_claims()
     starts, flags = [], []
     prev = None

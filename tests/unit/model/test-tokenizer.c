@@ -228,6 +228,8 @@ static void test_ucd(void **state) {
     assert_int_equal(ql_ucd_flags(0x216B), QL_UCD_NUMBER);  /* Ⅻ (Nl) */
     assert_int_equal(ql_ucd_flags(0x1F600), QL_UCD_SYMBOL);
     assert_int_equal(ql_ucd_flags(0x00AB), QL_UCD_PUNCTUATION);
+    assert_int_equal(ql_ucd_flags(0x1D2CB), QL_UCD_NUMBER); /* Kaktovik numeral: Unicode 15.0 */
+    assert_int_equal(ql_ucd_flags(0x2EBF0), QL_UCD_LETTER); /* CJK extension I: Unicode 15.1 */
     assert_int_equal(ql_ucd_flags(0x0378), QL_UCD_UNDEFINED);
     assert_int_equal(ql_ucd_flags(0xE000), QL_UCD_CONTROL);
     assert_int_equal(ql_ucd_flags(0xD800), QL_UCD_CONTROL);
@@ -466,6 +468,92 @@ static void test_golden_smollm2(void **state) {
         }
     }
     ql_tok_free(tok);
+    assert_int_equal(fails, 0);
+}
+
+/* Copies the string array `key` of g into the writer (NUL-terminated copies). */
+static void copy_str_arr(const ql_gguf_t *g, ql_gguf_writer_t *w, const char *key) {
+    int64_t ki = ql_gguf_find_key(g, key);
+    assert_true(ki >= 0);
+    uint64_t n = ql_gguf_arr_len(g, ki);
+    char **v = malloc(n * sizeof *v);
+    for (uint64_t j = 0; j < n; j++) {
+        ql_gguf_str_t str;
+        assert_int_equal(ql_gguf_arr_str(g, ki, j, &str), 0);
+        v[j] = malloc(str.len + 1);
+        memcpy(v[j], str.ptr, str.len);
+        v[j][str.len] = '\0';
+    }
+    assert_int_equal(ql_gguf_writer_set_arr_str(w, key, (const char *const *)v, n), 0);
+    for (uint64_t j = 0; j < n; j++) free(v[j]);
+    free(v);
+}
+
+/* GPT-2's vocabulary with another tokenizer.ggml.pre, as tools/gen-tokenizer-pre-goldens.py
+ * gives it to llama.cpp. */
+static ql_tok_t *gpt2_with_pre(const char *pre, const char *dir) {
+    char err[256], path[512];
+    ql_gguf_t *g = NULL;
+    if (ql_gguf_open(VOCAB_DIR "/ggml-vocab-gpt-2.gguf", &g, err, sizeof err) != 0) return NULL;
+    ql_gguf_writer_t *w = ql_gguf_writer_init();
+    ql_gguf_writer_set_str(w, "tokenizer.ggml.model", "gpt2");
+    ql_gguf_writer_set_str(w, "tokenizer.ggml.pre", pre);
+    copy_str_arr(g, w, "tokenizer.ggml.tokens");
+    copy_str_arr(g, w, "tokenizer.ggml.merges");
+    int64_t ki = ql_gguf_find_key(g, "tokenizer.ggml.token_type");
+    assert_int_equal(ql_gguf_arr_type(g, ki), QL_GGUF_TYPE_INT32);
+    ql_gguf_writer_set_arr(w, "tokenizer.ggml.token_type", QL_GGUF_TYPE_INT32, ql_gguf_arr_data(g, ki),
+                           ql_gguf_arr_len(g, ki));
+    uint32_t id;
+    assert_int_equal(ql_gguf_get_u32(g, "tokenizer.ggml.bos_token_id", &id), 0);
+    ql_gguf_writer_set_u32(w, "tokenizer.ggml.bos_token_id", id);
+    assert_int_equal(ql_gguf_get_u32(g, "tokenizer.ggml.eos_token_id", &id), 0);
+    ql_gguf_writer_set_u32(w, "tokenizer.ggml.eos_token_id", id);
+    ql_gguf_free(g);
+    snprintf(path, sizeof path, "%s/v.gguf", dir);
+    assert_int_equal(ql_gguf_writer_write(w, path, err, sizeof err), 0);
+    ql_gguf_writer_free(w);
+    ql_tok_t *tok = load_tok(path);
+    unlink(path);
+    return tok;
+}
+
+static char g_dir[256];
+
+static int setup_dir(void **state) {
+    (void)state;
+    snprintf(g_dir, sizeof g_dir, "/tmp/ql-test-tok-XXXXXX");
+    return mkdtemp(g_dir) ? 0 : -1;
+}
+
+static int teardown_dir(void **state) {
+    (void)state;
+    char p[512];
+    snprintf(p, sizeof p, "%s/v.gguf", g_dir);
+    unlink(p);
+    rmdir(g_dir);
+    return 0;
+}
+
+/* llama3 and default splitting, checked against llama.cpp on GPT-2's vocabulary. */
+static void test_golden_pre_variants(void **state) {
+    (void)state;
+    if (!file_exists(VOCAB_DIR "/ggml-vocab-gpt-2.gguf")) {
+        printf("skipped: %s is absent (the shared fixtures)\n", VOCAB_DIR);
+        skip();
+    }
+    static const char *const pres[] = {"llama-bpe", "default"};
+    int fails = 0;
+    for (size_t i = 0; i < QL_ARRAY_LEN(pres); i++) {
+        ql_tok_t *tok = gpt2_with_pre(pres[i], g_dir);
+        assert_non_null(tok);
+        char out[256], label[64];
+        snprintf(out, sizeof out, "tests/fixtures/tokenizer/pre-%s.out", pres[i]);
+        snprintf(label, sizeof label, "gpt-2 vocab, pre %s", pres[i]);
+        fails += run_golden(label, tok, "tests/fixtures/tokenizer/pre.inp", out, 0);
+        if (i == 0) assert_true(ql_tok_add_bos(tok)); /* llama.cpp's default for llama3 */
+        ql_tok_free(tok);
+    }
     assert_int_equal(fails, 0);
 }
 
@@ -807,23 +895,6 @@ static void test_decode(void **state) {
 
 /* ---- loading hostile vocabularies ---- */
 
-static char g_dir[256];
-
-static int setup_dir(void **state) {
-    (void)state;
-    snprintf(g_dir, sizeof g_dir, "/tmp/ql-test-tok-XXXXXX");
-    return mkdtemp(g_dir) ? 0 : -1;
-}
-
-static int teardown_dir(void **state) {
-    (void)state;
-    char p[512];
-    snprintf(p, sizeof p, "%s/v.gguf", g_dir);
-    unlink(p);
-    rmdir(g_dir);
-    return 0;
-}
-
 /* A tiny byte-level vocabulary: the 256 byte characters, "he", "hel", "hell", "hello",
  * <|endoftext|>; merges h+e, he+l, hel+l, hell+o. `mutate` breaks it in one way. */
 typedef enum mut_e {
@@ -1109,6 +1180,7 @@ int main(void) {
         cmocka_unit_test(test_pre_split),
         cmocka_unit_test(test_golden_vocabs),
         cmocka_unit_test(test_golden_smollm2),
+        cmocka_unit_test_setup_teardown(test_golden_pre_variants, setup_dir, teardown_dir),
         cmocka_unit_test(test_roundtrip_bpe),
         cmocka_unit_test(test_roundtrip_spm),
         cmocka_unit_test(test_special_tokens),
