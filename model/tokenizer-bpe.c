@@ -276,20 +276,22 @@ int ql__tok_pre_split(ql__tok_pre_t pre, const char *text, size_t len, ql__tok_s
                       const uint32_t **ends) {
     *ends = NULL;
     if (len == 0) return 0;
-    /* Every array holds at most one entry per byte, plus one. */
-    size_t cap = sc->cap_cpt, need = len + 1;
-    if (need > cap) {
-        size_t c2 = cap;
-        if (ql__tok_grow((void **)&sc->cpt, &c2, need, sizeof *sc->cpt) != 0) return QL_ENOMEM;
-        c2 = cap;
-        if (ql__tok_grow((void **)&sc->flags, &c2, need, sizeof *sc->flags) != 0) return QL_ENOMEM;
-        c2 = cap;
-        if (ql__tok_grow((void **)&sc->cpt_off, &c2, need, sizeof *sc->cpt_off) != 0) return QL_ENOMEM;
-        c2 = cap;
-        if (ql__tok_grow((void **)&sc->ends_a, &c2, need, sizeof *sc->ends_a) != 0) return QL_ENOMEM;
-        c2 = cap;
-        if (ql__tok_grow((void **)&sc->ends_b, &c2, need, sizeof *sc->ends_b) != 0) return QL_ENOMEM;
-        sc->cap_cpt = c2;
+    /* One block for the five per-code-point arrays; each holds at most one entry per byte,
+     * plus one. */
+    size_t need = len + 1;
+    if (need > sc->cap_cpt) {
+        size_t per = 4 * sizeof(uint32_t) + sizeof(uint16_t), bytes;
+        if (ql_size_mul(need, per, &bytes) != 0) return QL_ENOMEM;
+        void *block = malloc(bytes);
+        if (block == NULL) return QL_ENOMEM;
+        free(sc->pre_block);
+        sc->pre_block = block;
+        sc->cap_cpt = need;
+        sc->cpt = block;
+        sc->cpt_off = sc->cpt + need;
+        sc->ends_a = sc->cpt_off + need;
+        sc->ends_b = sc->ends_a + need;
+        sc->flags = (uint16_t *)(sc->ends_b + need);
     }
     size_t n = 0;
     for (size_t i = 0; i < len; n++) {

@@ -98,12 +98,13 @@ struct ql_tok_s {
 
 /* Growable arrays the encoders share; freed by ql__tok_scratch_free. All sizes are counts. */
 typedef struct ql__tok_scratch_s {
-    /* pre-tokenizer, per code point of the current fragment */
+    /* pre-tokenizer, per code point of the current fragment: views into pre_block */
+    void *pre_block;
+    size_t cap_cpt;
     uint32_t *cpt;
-    uint16_t *flags;
     uint32_t *cpt_off; /* byte offset of each code point, plus one past the end */
     uint32_t *ends_a, *ends_b; /* chunk ends (code point index), two lists a stage maps between */
-    size_t cap_cpt;
+    uint16_t *flags;
     /* merging, per symbol */
     void *sym;
     size_t cap_sym;

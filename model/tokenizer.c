@@ -62,11 +62,7 @@ int ql__tok_grow(void **p, size_t *cap, size_t n, size_t elem) {
 }
 
 void ql__tok_scratch_free(ql__tok_scratch_t *sc) {
-    free(sc->cpt);
-    free(sc->flags);
-    free(sc->cpt_off);
-    free(sc->ends_a);
-    free(sc->ends_b);
+    free(sc->pre_block);
     free(sc->sym);
     free(sc->heap);
     free(sc->buf);

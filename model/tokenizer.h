@@ -12,7 +12,8 @@
  * with ql_utf8_incomplete_tail(), model/unicode.h).
  *
  * Ownership and threads: ql_tok_init_from_gguf() copies everything it needs, so the GGUF handle
- * may be freed right after. A ql_tok_t is immutable once built: every function below may be
+ * may be freed right after. Every function takes a non-NULL handle, except that ql_tok_free()
+ * accepts NULL and encode/piece/decode report QL_EINVAL for it. A ql_tok_t is immutable once built: every function below may be
  * called concurrently from any thread on the same handle. Encoding allocates scratch memory in
  * proportion to its input and frees it before returning; nothing else allocates.
  *

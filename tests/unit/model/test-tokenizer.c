@@ -90,6 +90,15 @@ static ql_tok_t *load_tok(const char *path) {
     return tok;
 }
 
+/* Skips the current test, saying why. */
+#define SKIP_BECAUSE(...)                                                                    \
+    do {                                                                                     \
+        printf("skipped: " __VA_ARGS__);                                                     \
+        printf("\n");                                                                        \
+        skip();                                                                              \
+    } while (0)
+#define NO_SHARED VOCAB_DIR " is absent (the shared fixtures)"
+
 static ql_tok_t *load_vocab(const char *name) {
     char path[256];
     snprintf(path, sizeof path, VOCAB_DIR "/ggml-vocab-%s.gguf", name);
@@ -417,10 +426,7 @@ static int run_golden(const char *label, const ql_tok_t *tok, const char *inp, c
 static void test_golden_vocabs(void **state) {
     (void)state;
     static const char *const names[] = {"gpt-2", "starcoder", "deepseek-coder", "llama-spm", "phi-3"};
-    if (!file_exists(VOCAB_DIR)) {
-        printf("skipped: %s is absent (the shared fixtures)\n", VOCAB_DIR);
-        skip();
-    }
+    if (!file_exists(VOCAB_DIR)) SKIP_BECAUSE(NO_SHARED);
     int fails = 0;
     for (size_t i = 0; i < QL_ARRAY_LEN(names); i++) {
         ql_tok_t *tok = load_vocab(names[i]);
@@ -437,10 +443,7 @@ static void test_golden_vocabs(void **state) {
 static void test_golden_smollm2(void **state) {
     (void)state;
     ql_tok_t *tok = load_tok(default_model());
-    if (tok == NULL) {
-        printf("skipped: the default model %s is absent (make model fetches it)\n", default_model());
-        skip();
-    }
+    if (tok == NULL) SKIP_BECAUSE("the default model %s is absent (make model fetches it)", default_model());
     int fails = 0;
     if (file_exists(VOCAB_DIR "/ggml-vocab-smollm.gguf.inp"))
         fails += run_golden("smollm (SmolLM2 vocab)", tok, VOCAB_DIR "/ggml-vocab-smollm.gguf.inp",
@@ -538,10 +541,7 @@ static int teardown_dir(void **state) {
 /* llama3 and default splitting, checked against llama.cpp on GPT-2's vocabulary. */
 static void test_golden_pre_variants(void **state) {
     (void)state;
-    if (!file_exists(VOCAB_DIR "/ggml-vocab-gpt-2.gguf")) {
-        printf("skipped: %s is absent (the shared fixtures)\n", VOCAB_DIR);
-        skip();
-    }
+    if (!file_exists(VOCAB_DIR "/ggml-vocab-gpt-2.gguf")) SKIP_BECAUSE(NO_SHARED);
     static const char *const pres[] = {"llama-bpe", "default"};
     int fails = 0;
     for (size_t i = 0; i < QL_ARRAY_LEN(pres); i++) {
@@ -662,7 +662,7 @@ static void test_roundtrip_bpe(void **state) {
         roundtrip(label, tok, 1, allowed, 3000);
         ql_tok_free(tok);
     }
-    if (!any) skip();
+    if (!any) SKIP_BECAUSE(NO_SHARED " and so is the default model");
 }
 
 static void test_roundtrip_spm(void **state) {
@@ -670,7 +670,7 @@ static void test_roundtrip_spm(void **state) {
     static const char *const names[] = {"llama-spm", "phi-3"};
     for (size_t v = 0; v < QL_ARRAY_LEN(names); v++) {
         ql_tok_t *tok = load_vocab(names[v]);
-        if (tok == NULL) skip();
+        if (tok == NULL) SKIP_BECAUSE(NO_SHARED);
         roundtrip(names[v], tok, 0, NULL, 3000);
         /* With byte fallback, invalid UTF-8 comes back too. */
         roundtrip(names[v], tok, 1, NULL, 3000);
@@ -699,7 +699,7 @@ static void test_roundtrip_spm(void **state) {
 static void test_special_tokens(void **state) {
     (void)state;
     ql_tok_t *tok = load_vocab("llama-spm");
-    if (tok == NULL) skip();
+    if (tok == NULL) SKIP_BECAUSE(NO_SHARED);
     EXPECT_IDS(tok, "Hello", QL_TOK_ADD_SPECIAL, 1, 15043);
     EXPECT_IDS(tok, "", QL_TOK_ADD_SPECIAL, 1);
     EXPECT_IDS(tok, "", 0);
@@ -771,7 +771,7 @@ static void expect_eog(const ql_tok_t *tok, const int32_t *want, size_t n_want, 
 static void test_eog(void **state) {
     (void)state;
     ql_tok_t *tok = load_vocab("gpt-2");
-    if (tok == NULL) skip();
+    if (tok == NULL) SKIP_BECAUSE(NO_SHARED);
     expect_eog(tok, (const int32_t[]){50256}, 1, 50256);
     assert_false(ql_tok_is_eog(tok, 0));
     ql_tok_free(tok);
@@ -799,7 +799,7 @@ static void test_eog(void **state) {
 static void test_decode(void **state) {
     (void)state;
     ql_tok_t *tok = load_vocab("gpt-2");
-    if (tok == NULL) skip();
+    if (tok == NULL) SKIP_BECAUSE(NO_SHARED);
     int32_t world = ql_tok_find(tok, "\xc4\xa0world", 7); /* "Ġworld" */
     assert_true(world >= 0);
     const char *p;
@@ -1057,7 +1057,7 @@ static void test_load_corrupted(void **state) {
         snprintf(path, sizeof path, VOCAB_DIR "/ggml-vocab-%s.gguf", names[v]);
         size_t len;
         char *orig = read_file(path, &len);
-        if (orig == NULL) skip();
+        if (orig == NULL) SKIP_BECAUSE(NO_SHARED);
         char *buf = malloc(len);
         uint64_t rng = 77 + v;
         int n_loaded = 0, n_failed = 0;
@@ -1144,7 +1144,7 @@ static void test_threads_and_speed(void **state) {
         tok = load_vocab("gpt-2");
         which = "gpt-2";
     }
-    if (tok == NULL) skip();
+    if (tok == NULL) SKIP_BECAUSE(NO_SHARED " and so is the default model");
     size_t len;
     char *text = make_corpus(&len);
 
