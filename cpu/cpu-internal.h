@@ -176,4 +176,11 @@ void ql__cpu_attn_group(ql_cpu_isa_t isa, const ql_kv_layout_t *kv, const uint16
                         int kv_head, const int32_t *table, int32_t n_pos, const float *q, float *out, int n_group,
                         float scale, float *scratch);
 
+/* ---- white-box hooks of the backend (tests) ---- */
+
+/** Sets every element of every K and V page to `bits` (NaN: proves unused slots are never
+ *  read). */
+void ql__cpu_backend_kv_fill(ql_backend_t *be, uint16_t bits);
+ql_cpu_isa_t ql__cpu_backend_isa(const ql_backend_t *be);
+
 #endif /* QL_CPU_INTERNAL_H */

@@ -149,6 +149,8 @@ QL_API int ql_cpu_weight_needs_q8(const ql_cpu_weight_t *w);
  *  n_out). y is [x->n_tok][ldy]. x must be quantized when ql_cpu_weight_needs_q8(w). */
 QL_API void ql_cpu_matmul_rows(const ql_cpu_weight_t *w, const ql_cpu_act_t *x, float *y, int64_t ldy,
                                int64_t r0, int64_t r1);
+/** The rows [*r0, *r1) thread ith of nth computes in ql_cpu_matmul_part(). */
+QL_API void ql_cpu_matmul_part_rows(const ql_cpu_weight_t *w, int ith, int nth, int64_t *r0, int64_t *r1);
 /** Thread ith of nth takes its share of the rows (in panels): call from a pool task. */
 QL_API void ql_cpu_matmul_part(const ql_cpu_weight_t *w, const ql_cpu_act_t *x, float *y, int64_t ldy,
                                int ith, int nth);
@@ -230,6 +232,17 @@ typedef struct ql_cpu_attn_args_s {
     float scale;
 } ql_cpu_attn_args_t;
 QL_API int ql_cpu_attention_ref(const ql_cpu_attn_args_t *a);
+
+/* ---- the backend ---- */
+
+/** The CPU backend (see ql_backend_init_fn in backend/backend.h): the model in `gguf`
+ *  (borrowed; weights are read from its mapping and repacked, norms used in place),
+ *  p->n_threads threads, a KV pool of p->kv_cache_bytes (f16 K and V), buffers for
+ *  p->n_batch_tokens_max tokens. The ISA path is ql_cpu_isa_default() (QL_CPU_ISA). */
+QL_API int ql_cpu_backend_init(const ql_gguf_t *gguf, const ql_backend_params_t *p, ql_backend_t **out, char *err,
+                               size_t errlen);
+/** Its registry entry ("cpu", always available). */
+QL_API extern const ql_backend_desc_t ql_cpu_backend_desc;
 
 #ifdef __cplusplus
 }

@@ -349,10 +349,17 @@ void ql_cpu_matmul_rows(const ql_cpu_weight_t *w, const ql_cpu_act_t *x, float *
     }
 }
 
-void ql_cpu_matmul_part(const ql_cpu_weight_t *w, const ql_cpu_act_t *x, float *y, int64_t ldy, int ith, int nth) {
+void ql_cpu_matmul_part_rows(const ql_cpu_weight_t *w, int ith, int nth, int64_t *r0, int64_t *r1) {
     const int64_t np = w->_n_panels;
     const int64_t p0 = np * ith / nth, p1 = np * (ith + 1) / nth;
-    ql_cpu_matmul_rows(w, x, y, ldy, p0 * QL_CPU_PANEL_ROWS, QL_MIN(p1 * QL_CPU_PANEL_ROWS, w->n_out));
+    *r0 = p0 * QL_CPU_PANEL_ROWS;
+    *r1 = QL_MIN(p1 * QL_CPU_PANEL_ROWS, w->n_out);
+}
+
+void ql_cpu_matmul_part(const ql_cpu_weight_t *w, const ql_cpu_act_t *x, float *y, int64_t ldy, int ith, int nth) {
+    int64_t r0, r1;
+    ql_cpu_matmul_part_rows(w, ith, nth, &r0, &r1);
+    ql_cpu_matmul_rows(w, x, y, ldy, r0, r1);
 }
 
 typedef struct mm_job_s {

@@ -1,0 +1,550 @@
+/*
+ * cpu/forward.c — the CPU backend: the Llama-family forward pass (llama, qwen2) over a
+ * paged KV cache, behind the backend/backend.h ops table.
+ *
+ * One forward() is one pool run: every thread walks the same layer loop, each phase split
+ * across threads (by tokens for per-token work, by weight panels for matmuls, by
+ * (token, KV head) units for attention) and separated by barriers:
+ *
+ *   embed + RoPE angles | for each layer:
+ *     A  x̂ = RMSNorm(x)·g, quantize           (tokens)
+ *     B  q, k, v = x̂·Wqᵀ, x̂·Wkᵀ, x̂·Wvᵀ (+bias) (rows)
+ *     C  RoPE q, k; k, v → f16 KV pages        (tokens)
+ *     D  attention over each sequence's pages  (token × KV head, dynamic)
+ *     E  quantize attention output             (tokens)
+ *     F  x += o·Woᵀ                            (rows)
+ *     G  x̂ = RMSNorm(x)·g, quantize           (tokens)
+ *     H  h = silu(x̂·Wgᵀ) ⊙ x̂·Wuᵀ              (rows: a thread owns the same gate/up rows)
+ *     I  quantize h                            (tokens)
+ *     J  x += h·Wdᵀ                            (rows)
+ *   final RMSNorm of the logits rows, quantize | logits = x̂·Woutᵀ (rows)
+ *
+ * NOTE(batch-invariance): every value a token produces is computed by the same operations
+ * in the same order whatever else is in the batch, however the batch is split across
+ * threads (see NOTE(bitwise) in cpu/cpu-internal.h for the matmul): a sequence's logits are
+ * bit-identical alone, inside any batch, and prefilled in one piece or in chunks (keys and
+ * values are always read back from the f16 pages, also the chunk's own).
+ *
+ * NOTE(kv-f16): K and V are stored as f16 (round to nearest even), as llama.cpp does by
+ * default; attention reads them through the block tables and never touches a slot past the
+ * query's position.
+ *
+ * All buffers are carved at init from one allocation sized by n_batch_tokens_max and
+ * n_logits_max; a step allocates nothing.
+ */
+#define QL_LOG_MODULE "cpu"
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "cpu/cpu-internal.h"
+#include "model/hparams.h"
+
+typedef struct layer_s {
+    const float *attn_norm, *ffn_norm; /* [n_embd] f32, in the mapping */
+    const float *bq, *bk, *bv;         /* [q_dim], [kv_dim], [kv_dim] or NULL */
+    ql_cpu_weight_t wq, wk, wv, wo, wg, wu, wd;
+} layer_t;
+
+typedef struct cpu_backend_s {
+    ql_backend_t base; /* first: the backend handle points here */
+    ql_hparams_t hp;
+    ql_weights_t wt;
+    ql_cpu_isa_t isa;
+    ql_cpu_pool_t *pool;
+    layer_t *layers;
+    ql_cpu_weight_t out;               /* output head (token_embd when tied) */
+    const ql_gguf_tensor_t *tok_embd;
+    const float *out_norm;
+    ql_rope_params_t rope;
+    float attn_scale;
+    int64_t n_embd, q_dim, kv_dim, n_ff, head_dim, n_group, n_vocab;
+
+    uint16_t *kv;    /* [n_layer][2][n_blocks][n_kv_head][block_size][head_dim] f16 */
+    int64_t kv_layer_elems;
+    uint8_t *block_mark; /* [n_blocks] scratch for copy_blocks */
+
+    /* activations, one allocation; T = n_batch_tokens_max, L = n_logits_max */
+    void *arena;
+    float *x;    /* [T][n_embd] residual stream */
+    float *xn;   /* [T][n_embd] normed input / projection output */
+    float *qkv;  /* [T][q_dim + 2 kv_dim] */
+    float *att;  /* [T][q_dim] */
+    float *ffg;  /* [T][n_ff] gate, then silu(gate)·up */
+    float *ffu;  /* [T][n_ff] */
+    float *cs;   /* [T][n_rot] RoPE cos/sin */
+    float *lx;   /* [L][n_embd] normed logits rows */
+    void *qact;  /* quantized activations, the largest matmul input */
+    float *scratch; /* [n_threads][n_group][n_ctx_max] attention scores */
+
+    /* the step in flight */
+    const ql_batch_t *b;
+    float *logits;
+    atomic_int unit; /* next attention unit (dynamic split) */
+} cpu_backend_t;
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...) QL_PRINTF(3, 4);
+static void set_err(char *err, size_t errlen, const char *fmt, ...) {
+    if (!err || !errlen) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* ---- the step ---- */
+
+static void range(int64_t n, int ith, int nth, int64_t *a, int64_t *b) {
+    *a = n * ith / nth;
+    *b = n * (ith + 1) / nth;
+}
+
+/* y[t][r] += bias[r] for the rows this thread computed. */
+static void add_bias(const ql_cpu_weight_t *w, const float *bias, float *y, int64_t ldy, int64_t n_tok, int ith,
+                     int nth) {
+    if (!bias) return;
+    int64_t r0, r1;
+    ql_cpu_matmul_part_rows(w, ith, nth, &r0, &r1);
+    for (int64_t t = 0; t < n_tok; t++)
+        for (int64_t r = r0; r < r1; r++) y[t * ldy + r] += bias[r];
+}
+
+/* x[t][r] += y[t][r] for the rows (columns of x) this thread computed. */
+static void add_residual(const ql_cpu_weight_t *w, float *x, const float *y, int64_t ld, int64_t n_tok, int ith,
+                         int nth) {
+    int64_t r0, r1;
+    ql_cpu_matmul_part_rows(w, ith, nth, &r0, &r1);
+    for (int64_t t = 0; t < n_tok; t++)
+        for (int64_t r = r0; r < r1; r++) x[t * ld + r] += y[t * ld + r];
+}
+
+static void norm_quantize(cpu_backend_t *be, ql_cpu_act_t *a, float *dst, const float *src, const int32_t *rows,
+                          const float *g, int64_t n, int ith, int nth) {
+    int64_t t0, t1;
+    range(n, ith, nth, &t0, &t1);
+    const int64_t E = be->n_embd;
+    for (int64_t t = t0; t < t1; t++) ql_cpu_rmsnorm(dst + t * E, src + (rows ? rows[t] : t) * E, g, 1, E, be->hp.rms_eps);
+    if (a->qs) ql_cpu_act_quantize(be->isa, a, t0, t1);
+}
+
+static void forward_task(void *ctx, int ith, int nth) {
+    cpu_backend_t *be = ctx;
+    const ql_batch_t *b = be->b;
+    ql_cpu_pool_t *pool = be->pool;
+    const int64_t T = b->n_tokens, E = be->n_embd, QD = be->q_dim, KVD = be->kv_dim, F = be->n_ff;
+    const int64_t HD = be->head_dim, NR = be->rope.n_rot, LDQKV = QD + 2 * KVD;
+    const int n_head = (int)be->hp.n_head, n_kv = (int)be->hp.n_head_kv;
+    const ql_kv_layout_t *kv = &be->base.info.kv;
+    int64_t t0, t1;
+    range(T, ith, nth, &t0, &t1);
+    ql_cpu_act_t a;
+
+    /* embeddings and RoPE angles */
+    {
+        const ql_gguf_tensor_t *te = be->tok_embd;
+        int rc = ql_cpu_get_rows(be->x + t0 * E, te->data, te->type, te->ne[1], E, b->tokens + t0, t1 - t0);
+        QL_ASSERT(rc == 0); /* ids and type checked before the run */
+        for (int64_t t = t0; t < t1; t++) ql_cpu_rope_cache(&be->rope, b->pos[t], be->cs + t * NR);
+    }
+    ql_cpu_pool_barrier(pool);
+
+    for (uint32_t l = 0; l < be->hp.n_layer; l++) {
+        const layer_t *L = &be->layers[l];
+        uint16_t *kpool = be->kv + (int64_t)l * 2 * be->kv_layer_elems;
+        uint16_t *vpool = kpool + be->kv_layer_elems;
+
+        /* A */
+        ql_cpu_act_bind(&a, be->qact, T, E, be->xn, E);
+        norm_quantize(be, &a, be->xn, be->x, NULL, L->attn_norm, T, ith, nth);
+        ql_cpu_pool_barrier(pool);
+        /* B */
+        ql_cpu_matmul_part(&L->wq, &a, be->qkv, LDQKV, ith, nth);
+        ql_cpu_matmul_part(&L->wk, &a, be->qkv + QD, LDQKV, ith, nth);
+        ql_cpu_matmul_part(&L->wv, &a, be->qkv + QD + KVD, LDQKV, ith, nth);
+        add_bias(&L->wq, L->bq, be->qkv, LDQKV, T, ith, nth);
+        add_bias(&L->wk, L->bk, be->qkv + QD, LDQKV, T, ith, nth);
+        add_bias(&L->wv, L->bv, be->qkv + QD + KVD, LDQKV, T, ith, nth);
+        ql_cpu_pool_barrier(pool);
+        /* C */
+        if (ith == 0) atomic_store_explicit(&be->unit, 0, memory_order_relaxed);
+        for (int64_t t = t0; t < t1; t++) {
+            float *q = be->qkv + t * LDQKV, *k = q + QD, *v = k + KVD;
+            ql_cpu_rope_apply(&be->rope, be->cs + t * NR, q, n_head, (int)HD);
+            ql_cpu_rope_apply(&be->rope, be->cs + t * NR, k, n_kv, (int)HD);
+            const int32_t s = b->seq_of_token[t], p = b->pos[t];
+            const int32_t blk = b->block_tables[s][p / kv->block_size], slot = p % kv->block_size;
+            for (int h = 0; h < n_kv; h++) {
+                const int64_t off = ql_kv_offset(kv, blk, h, slot);
+                ql_cpu_f32_to_f16(be->isa, k + h * HD, kpool + off, HD);
+                ql_cpu_f32_to_f16(be->isa, v + h * HD, vpool + off, HD);
+            }
+        }
+        ql_cpu_pool_barrier(pool);
+        /* D */
+        {
+            float *scratch = be->scratch + (int64_t)ith * be->n_group * be->base.info.n_ctx_max;
+            const int n_units = (int)(T * n_kv);
+            for (;;) {
+                const int u = atomic_fetch_add_explicit(&be->unit, 1, memory_order_relaxed);
+                if (u >= n_units) break;
+                const int64_t t = u / n_kv;
+                const int h = u % n_kv;
+                const int32_t s = b->seq_of_token[t];
+                const int64_t off = (int64_t)h * be->n_group * HD;
+                ql__cpu_attn_group(be->isa, kv, kpool, vpool, h, b->block_tables[s], b->pos[t] + 1,
+                                   be->qkv + t * LDQKV + off, be->att + t * QD + off, (int)be->n_group,
+                                   be->attn_scale, scratch);
+            }
+        }
+        ql_cpu_pool_barrier(pool);
+        /* E */
+        ql_cpu_act_bind(&a, be->qact, T, QD, be->att, QD);
+        if (a.qs) ql_cpu_act_quantize(be->isa, &a, t0, t1);
+        ql_cpu_pool_barrier(pool);
+        /* F */
+        ql_cpu_matmul_part(&L->wo, &a, be->xn, E, ith, nth);
+        add_residual(&L->wo, be->x, be->xn, E, T, ith, nth);
+        ql_cpu_pool_barrier(pool);
+        /* G */
+        ql_cpu_act_bind(&a, be->qact, T, E, be->xn, E);
+        norm_quantize(be, &a, be->xn, be->x, NULL, L->ffn_norm, T, ith, nth);
+        ql_cpu_pool_barrier(pool);
+        /* H */
+        ql_cpu_matmul_part(&L->wg, &a, be->ffg, F, ith, nth);
+        ql_cpu_matmul_part(&L->wu, &a, be->ffu, F, ith, nth);
+        {
+            int64_t r0, r1;
+            ql_cpu_matmul_part_rows(&L->wg, ith, nth, &r0, &r1);
+            for (int64_t t = 0; t < T; t++)
+                ql_cpu_swiglu(be->ffg + t * F + r0, be->ffg + t * F + r0, be->ffu + t * F + r0, 1, r1 - r0);
+        }
+        ql_cpu_pool_barrier(pool);
+        /* I */
+        ql_cpu_act_bind(&a, be->qact, T, F, be->ffg, F);
+        if (a.qs) ql_cpu_act_quantize(be->isa, &a, t0, t1);
+        ql_cpu_pool_barrier(pool);
+        /* J */
+        ql_cpu_matmul_part(&L->wd, &a, be->xn, E, ith, nth);
+        add_residual(&L->wd, be->x, be->xn, E, T, ith, nth);
+        ql_cpu_pool_barrier(pool);
+    }
+
+    /* logits rows */
+    const int64_t NL = b->n_logits;
+    if (NL == 0) return;
+    ql_cpu_act_bind(&a, be->qact, NL, E, be->lx, E);
+    norm_quantize(be, &a, be->lx, be->x, b->logits_rows, be->out_norm, NL, ith, nth);
+    ql_cpu_pool_barrier(pool);
+    ql_cpu_matmul_part(&be->out, &a, be->logits, be->n_vocab, ith, nth);
+}
+
+static int cpu_forward(ql_backend_t *base, const ql_batch_t *b, float *logits) {
+    cpu_backend_t *be = (cpu_backend_t *)base;
+    char err[160];
+    if (ql_batch_validate(b, &base->info, err, sizeof(err)) != 0) {
+        QL_LOG_DEBUG("bad batch: %s", err);
+        return QL_EINVAL;
+    }
+    if (b->n_logits > 0 && !logits) return QL_EINVAL;
+    be->b = b;
+    be->logits = logits;
+    ql_cpu_pool_run(be->pool, forward_task, be);
+    be->b = NULL;
+    be->logits = NULL;
+    return 0;
+}
+
+static int cpu_copy_blocks(ql_backend_t *base, const int32_t *src, const int32_t *dst, int32_t n) {
+    cpu_backend_t *be = (cpu_backend_t *)base;
+    const ql_kv_layout_t *kv = &base->info.kv;
+    int rc = 0;
+    for (int32_t i = 0; i < n; i++) {
+        if (src[i] < 0 || src[i] >= kv->n_blocks || dst[i] < 0 || dst[i] >= kv->n_blocks) return QL_EINVAL;
+        be->block_mark[src[i]] = 1;
+    }
+    for (int32_t i = 0; i < n && rc == 0; i++)
+        if (be->block_mark[dst[i]]) rc = QL_EINVAL; /* a dst that is also a src */
+    for (int32_t i = 0; i < n; i++) be->block_mark[src[i]] = 0;
+    if (rc) return rc;
+    const size_t blk_elems = (size_t)kv->n_kv_head * kv->block_size * kv->head_dim;
+    for (int64_t l = 0; l < 2 * (int64_t)kv->n_layer; l++) {
+        uint16_t *pool = be->kv + l * be->kv_layer_elems;
+        for (int32_t i = 0; i < n; i++)
+            memcpy(pool + (size_t)dst[i] * blk_elems, pool + (size_t)src[i] * blk_elems, blk_elems * sizeof(uint16_t));
+    }
+    return 0;
+}
+
+static void cpu_free(ql_backend_t *base) {
+    cpu_backend_t *be = (cpu_backend_t *)base;
+    if (!be) return;
+    ql_cpu_pool_free(be->pool);
+    if (be->layers) {
+        for (uint32_t l = 0; l < be->hp.n_layer; l++) {
+            layer_t *L = &be->layers[l];
+            ql_cpu_weight_t *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->wg, &L->wu, &L->wd};
+            for (size_t i = 0; i < QL_ARRAY_LEN(ws); i++) ql_cpu_weight_free(ws[i]);
+        }
+        free(be->layers);
+    }
+    ql_cpu_weight_free(&be->out);
+    ql_weights_free(&be->wt);
+    free(be->kv);
+    free(be->block_mark);
+    free(be->arena);
+    free(be);
+}
+
+static const ql_backend_ops_t cpu_ops = {
+    .forward = cpu_forward,
+    .copy_blocks = cpu_copy_blocks,
+    .forward_sample = NULL, /* the scheduler's host sampler is the reference */
+    .free = cpu_free,
+};
+
+/* ---- init ---- */
+
+static const float *f32_data(const ql_gguf_tensor_t *t) {
+    return t ? (const float *)t->data : NULL;
+}
+
+static int init_weight(cpu_backend_t *be, ql_cpu_weight_t *w, const ql_gguf_tensor_t *t, char *err, size_t errlen) {
+    int rc = ql_cpu_weight_init(w, be->isa, t->type, t->ne[0], t->ne[1], t->data);
+    if (rc) {
+        set_err(err, errlen, "tensor %.*s (%s, %lld x %lld): %s", (int)t->name.len, t->name.ptr,
+                ql_dtype_name(t->type) ? ql_dtype_name(t->type) : "?", (long long)t->ne[0], (long long)t->ne[1],
+                rc == QL_EUNSUPPORTED ? "type not supported by the CPU backend" : ql_strerror(rc));
+    }
+    return rc;
+}
+
+/* Offsets of the activation buffers in one allocation. */
+typedef struct carve_s {
+    size_t off;
+} carve_t;
+static size_t carve(carve_t *c, size_t bytes) {
+    size_t at = c->off;
+    c->off += (bytes + 63) & ~(size_t)63;
+    return at;
+}
+
+int ql_cpu_backend_init(const ql_gguf_t *g, const ql_backend_params_t *p, ql_backend_t **out, char *err,
+                        size_t errlen) {
+    if (err && errlen) err[0] = '\0';
+    if (!g || !p || !out) return QL_EINVAL;
+    *out = NULL;
+    cpu_backend_t *be = calloc(1, sizeof(*be));
+    if (!be) return QL_ENOMEM;
+    be->base.ops = &cpu_ops;
+    int rc = ql_hparams_read(g, &be->hp, err, errlen);
+    if (rc) goto fail;
+    rc = ql_weights_init(g, &be->hp, &be->wt, err, errlen);
+    if (rc) goto fail;
+    const ql_hparams_t *hp = &be->hp;
+    if (hp->rope_scaling == QL_ROPE_SCALING_YARN) {
+        set_err(err, errlen, "YaRN RoPE scaling is not supported by the CPU backend");
+        rc = QL_EUNSUPPORTED;
+        goto fail;
+    }
+    if (hp->n_head % hp->n_head_kv || hp->n_head / hp->n_head_kv > QL__CPU_ATTN_GROUP_MAX || hp->head_dim % 2) {
+        set_err(err, errlen, "attention shape (%u heads, %u KV heads, head_dim %u) not supported", hp->n_head,
+                hp->n_head_kv, hp->head_dim);
+        rc = QL_EUNSUPPORTED;
+        goto fail;
+    }
+
+    /* parameters */
+    const int32_t block_size = p->block_size > 0 ? p->block_size : 16;
+    const int32_t n_tok_max = p->n_batch_tokens_max > 0 ? p->n_batch_tokens_max : 512;
+    const int32_t n_seqs_max = p->n_seqs_max > 0 ? p->n_seqs_max : 64;
+    const int32_t n_logits_max = p->n_logits_max > 0 ? p->n_logits_max : n_tok_max;
+    int64_t n_ctx = p->n_ctx_max > 0 ? p->n_ctx_max : (int64_t)hp->n_ctx_train;
+    if (n_ctx <= 0 || n_ctx > INT32_MAX / 2) n_ctx = 4096;
+    if (block_size <= 0 || n_tok_max > (1 << 20) || n_seqs_max > (1 << 20) || n_logits_max > (1 << 20) ||
+        block_size > 4096) {
+        set_err(err, errlen, "backend parameters out of range");
+        rc = QL_EINVAL;
+        goto fail;
+    }
+
+    be->isa = ql_cpu_isa_default();
+    be->n_embd = hp->n_embd;
+    be->head_dim = hp->head_dim;
+    be->q_dim = (int64_t)hp->n_head * hp->head_dim;
+    be->kv_dim = (int64_t)hp->n_head_kv * hp->head_dim;
+    be->n_ff = hp->n_ff;
+    be->n_group = hp->n_head / hp->n_head_kv;
+    be->tok_embd = be->wt.token_embd;
+    be->out_norm = f32_data(be->wt.output_norm);
+    be->attn_scale = 1.0f / sqrtf((float)hp->head_dim);
+    be->rope = (ql_rope_params_t){
+        .mode = hp->rope_layout == QL_ROPE_LAYOUT_HALVES ? QL_ROPE_MODE_NEOX : QL_ROPE_MODE_NORM,
+        .n_rot = (int)hp->head_dim,
+        .freq_base = hp->rope_freq_base,
+        .freq_scale = hp->rope_scaling == QL_ROPE_SCALING_LINEAR && hp->rope_scaling_factor > 0
+                          ? 1.0f / hp->rope_scaling_factor
+                          : 1.0f,
+        .freq_factors = f32_data(be->wt.rope_freqs),
+    };
+    if (be->n_embd % QL_CPU_QK || be->q_dim % QL_CPU_QK || be->n_ff % QL_CPU_QK) {
+        set_err(err, errlen, "widths (n_embd %lld, q_dim %lld, n_ff %lld) must be multiples of 32",
+                (long long)be->n_embd, (long long)be->q_dim, (long long)be->n_ff);
+        rc = QL_EUNSUPPORTED;
+        goto fail;
+    }
+    {
+        /* the embedding gather dequantizes rows with model/quant.c: check once that it can */
+        float *row = malloc(sizeof(float) * (size_t)be->n_embd);
+        if (!row) {
+            rc = QL_ENOMEM;
+            goto fail;
+        }
+        const int32_t id0 = 0;
+        rc = ql_cpu_get_rows(row, be->tok_embd->data, be->tok_embd->type, be->tok_embd->ne[1], be->n_embd, &id0, 1);
+        free(row);
+        if (rc) {
+            set_err(err, errlen, "token_embd.weight: type %s cannot be gathered",
+                    ql_dtype_name(be->tok_embd->type) ? ql_dtype_name(be->tok_embd->type) : "?");
+            rc = QL_EUNSUPPORTED;
+            goto fail;
+        }
+    }
+
+    rc = ql_cpu_pool_init(p->n_threads, &be->pool);
+    if (rc) {
+        set_err(err, errlen, "cannot start %d threads", p->n_threads);
+        goto fail;
+    }
+
+    /* weights */
+    be->layers = calloc(hp->n_layer, sizeof(*be->layers));
+    if (!be->layers) {
+        rc = QL_ENOMEM;
+        goto fail;
+    }
+    uint64_t weight_bytes = 0;
+    for (uint32_t l = 0; l < hp->n_layer; l++) {
+        const ql_layer_weights_t *lw = &be->wt.layers[l];
+        layer_t *L = &be->layers[l];
+        L->attn_norm = f32_data(lw->attn_norm);
+        L->ffn_norm = f32_data(lw->ffn_norm);
+        L->bq = f32_data(lw->attn_q_bias);
+        L->bk = f32_data(lw->attn_k_bias);
+        L->bv = f32_data(lw->attn_v_bias);
+        const ql_gguf_tensor_t *ts[] = {lw->attn_q, lw->attn_k, lw->attn_v, lw->attn_output,
+                                        lw->ffn_gate, lw->ffn_up, lw->ffn_down};
+        ql_cpu_weight_t *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->wg, &L->wu, &L->wd};
+        for (size_t i = 0; i < QL_ARRAY_LEN(ts); i++) {
+            if ((rc = init_weight(be, ws[i], ts[i], err, errlen))) goto fail;
+            weight_bytes += ts[i]->size;
+        }
+    }
+    const ql_gguf_tensor_t *head = be->wt.output ? be->wt.output : be->wt.token_embd;
+    if ((rc = init_weight(be, &be->out, head, err, errlen))) goto fail;
+    weight_bytes += head->size + (be->wt.output ? be->wt.token_embd->size : 0);
+    be->n_vocab = head->ne[1];
+
+    /* KV pool */
+    ql_kv_layout_t kv = {.n_layer = (int32_t)hp->n_layer, .n_kv_head = (int32_t)hp->n_head_kv,
+                         .head_dim = (int32_t)hp->head_dim, .block_size = block_size, .n_blocks = 0};
+    const uint64_t block_bytes = ql_kv_block_bytes(&kv, 2);
+    const uint64_t blocks_per_seq = ((uint64_t)n_ctx + (uint64_t)block_size - 1) / (uint64_t)block_size;
+    uint64_t budget = p->kv_cache_bytes;
+    if (budget == 0) budget = QL_MIN((uint64_t)n_seqs_max * blocks_per_seq * block_bytes, (uint64_t)1 << 30);
+    uint64_t n_blocks = budget / block_bytes;
+    n_blocks = QL_MIN(n_blocks, (uint64_t)n_seqs_max * blocks_per_seq); /* more could never be used */
+    n_blocks = QL_MIN(n_blocks, (uint64_t)INT32_MAX / 2);
+    if (n_blocks == 0) {
+        set_err(err, errlen, "KV cache budget of %llu bytes holds no block (one block is %llu bytes)",
+                (unsigned long long)budget, (unsigned long long)block_bytes);
+        rc = QL_EINVAL;
+        goto fail;
+    }
+    kv.n_blocks = (int32_t)n_blocks;
+    be->kv_layer_elems = ql_kv_layer_elems(&kv);
+    size_t kv_bytes;
+    if (ql_size_mul((size_t)be->kv_layer_elems, 2 * sizeof(uint16_t) * hp->n_layer, &kv_bytes)) {
+        rc = QL_EOVERFLOW;
+        goto fail;
+    }
+    be->kv = calloc(1, kv_bytes); /* untouched pages cost nothing until used */
+    be->block_mark = calloc((size_t)n_blocks, 1);
+    if (!be->kv || !be->block_mark) {
+        set_err(err, errlen, "cannot allocate a KV cache of %zu bytes", kv_bytes);
+        rc = QL_ENOMEM;
+        goto fail;
+    }
+
+    /* activation buffers */
+    const int nth = ql_cpu_pool_n_threads(be->pool);
+    const size_t T = (size_t)n_tok_max, Lr = (size_t)n_logits_max, fs = sizeof(float);
+    const int64_t widest = QL_MAX(be->n_embd, QL_MAX(be->q_dim, be->n_ff));
+    carve_t c = {0};
+    const size_t o_x = carve(&c, T * be->n_embd * fs), o_xn = carve(&c, T * be->n_embd * fs);
+    const size_t o_qkv = carve(&c, T * (be->q_dim + 2 * be->kv_dim) * fs), o_att = carve(&c, T * be->q_dim * fs);
+    const size_t o_ffg = carve(&c, T * be->n_ff * fs), o_ffu = carve(&c, T * be->n_ff * fs);
+    const size_t o_cs = carve(&c, T * (size_t)be->rope.n_rot * fs), o_lx = carve(&c, Lr * be->n_embd * fs);
+    const size_t o_q = carve(&c, ql_cpu_act_bytes(QL_MAX((int64_t)T, (int64_t)Lr), widest));
+    const size_t o_s = carve(&c, (size_t)nth * be->n_group * (size_t)n_ctx * fs);
+    if (posix_memalign(&be->arena, 64, c.off) != 0) {
+        be->arena = NULL;
+        rc = QL_ENOMEM;
+        goto fail;
+    }
+    uint8_t *base = be->arena;
+    be->x = (float *)(base + o_x);
+    be->xn = (float *)(base + o_xn);
+    be->qkv = (float *)(base + o_qkv);
+    be->att = (float *)(base + o_att);
+    be->ffg = (float *)(base + o_ffg);
+    be->ffu = (float *)(base + o_ffu);
+    be->cs = (float *)(base + o_cs);
+    be->lx = (float *)(base + o_lx);
+    be->qact = base + o_q;
+    be->scratch = (float *)(base + o_s);
+    atomic_init(&be->unit, 0);
+
+    ql_backend_info_t *info = &be->base.info;
+    info->name = "cpu";
+    info->n_vocab = (int32_t)hp->n_vocab;
+    info->n_ctx_max = (int32_t)n_ctx;
+    info->n_batch_tokens_max = n_tok_max;
+    info->n_seqs_max = n_seqs_max;
+    info->n_logits_max = n_logits_max;
+    info->kv = kv;
+    info->kv_block_bytes = block_bytes;
+    info->kv_bytes = kv_bytes;
+    info->weight_bytes = weight_bytes;
+    if (be->n_vocab != (int64_t)hp->n_vocab) {
+        set_err(err, errlen, "output head has %lld rows, vocabulary %u", (long long)be->n_vocab, hp->n_vocab);
+        rc = QL_EFORMAT;
+        goto fail;
+    }
+    QL_LOG_INFO("cpu backend: %s, %d threads, KV %d blocks of %d tokens (%.1f MiB), batch %d tokens",
+                ql_cpu_isa_name(be->isa), nth, (int)kv.n_blocks, (int)block_size, (double)kv_bytes / 1048576.0,
+                (int)n_tok_max);
+    *out = &be->base;
+    return 0;
+fail:
+    cpu_free(&be->base);
+    return rc;
+}
+
+static int cpu_available(void) {
+    return 1;
+}
+
+const ql_backend_desc_t ql_cpu_backend_desc = {.name = "cpu", .available = cpu_available, .init = ql_cpu_backend_init};
+
+/* ---- white-box hooks for tests ---- */
+
+void ql__cpu_backend_kv_fill(ql_backend_t *base, uint16_t bits) {
+    cpu_backend_t *be = (cpu_backend_t *)base;
+    const int64_t n = be->kv_layer_elems * 2 * (int64_t)be->hp.n_layer;
+    for (int64_t i = 0; i < n; i++) be->kv[i] = bits;
+}
+
+ql_cpu_isa_t ql__cpu_backend_isa(const ql_backend_t *base) {
+    return ((const cpu_backend_t *)base)->isa;
+}
