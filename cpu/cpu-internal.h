@@ -7,10 +7,11 @@
  * sequence of float operations whatever the tile, the batch composition, the thread count
  * or the ISA path (portable C included):
  *
- *   quantized weights:  acc = 0
+ *   quantized weights:  acc = macc = 0
  *                       for each 32-block b:  isum = Σ w_q·a_q              (exact integer)
  *                                             acc  = fma((float)isum, d_w·d_a, acc)
- *                                             acc  = fma(m_w, s_a, acc)     (Q4_1, Q5_1 only)
+ *                                             macc = fma(m_w, s_a, macc)    (Q4_1, Q5_1 only)
+ *                       y = acc + macc
  *   f16/f32 weights:    s[j] = Σ_{k ≡ j mod 4} fma chain over k of w[k]·x[k], j = 0..3
  *                       y = (s[0] + s[1]) + (s[2] + s[3])
  *

@@ -121,7 +121,7 @@ void ql__cpu_mm_rows_portable(const ql_cpu_weight_t *w, const ql_cpu_act_t *x, f
         for (int64_t t = 0; t < x->n_tok; t++) {
             const int8_t *aq = x->qs + t * n_in;
             const float *ad = x->d + t * nb, *as = x->s + t * nb;
-            float acc = 0.0f;
+            float acc = 0.0f, macc = 0.0f;
             for (int64_t b = 0; b < nb; b++) {
                 int8_t wq[QL_CPU_QK];
                 float dw, mw;
@@ -129,9 +129,9 @@ void ql__cpu_mm_rows_portable(const ql_cpu_weight_t *w, const ql_cpu_act_t *x, f
                 int32_t isum = 0;
                 for (int i = 0; i < QL_CPU_QK; i++) isum += (int32_t)wq[i] * aq[b * QL_CPU_QK + i];
                 acc = fmaf((float)isum, dw * ad[b], acc);
-                if (has_min) acc = fmaf(mw, as[b], acc);
+                if (has_min) macc = fmaf(mw, as[b], macc);
             }
-            y[t * ldy + r] = acc;
+            y[t * ldy + r] = acc + macc;
         }
     }
 }
