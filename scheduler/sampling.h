@@ -90,7 +90,10 @@ QL_API int ql_sampling_params_validate(const ql_sampling_params_t *p, int32_t n_
 /* One request's sampler: embed it in the request (no allocation). Fields starting with `_`
  * are private. */
 typedef struct ql_sampler_s {
-    ql_sampling_params_t params; /* read-only after ql_sampler_init */
+    ql_sampling_params_t params; /* read-only after ql_sampler_init, except that
+                                    params.n_logit_bias may be lowered between calls (a prefix
+                                    of a validated array stays valid: the engine lifts its
+                                    min_tokens bans that way) */
     int32_t _n_vocab;
     uint64_t _rng[4];            /* xoshiro256** state, seeded by splitmix64(params.seed) */
 } ql_sampler_t;

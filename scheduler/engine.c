@@ -1,0 +1,951 @@
+/*
+ * scheduler/engine.c — the engine thread (see engine.h): inbox, one step at a time over the
+ * scheduler and the backend, sampling, stop conditions, detokenization, output events.
+ *
+ * Locking: `mu` guards the inbox, the cancel list, the shutdown/accepting/healthy flags and the
+ * published counters. Everything else (the live list, the scheduler, the block manager, the
+ * backend, every request after it left the inbox) belongs to the engine thread, which never holds
+ * `mu` while it computes or calls a callback.
+ */
+#define QL_LOG_MODULE "engine"
+#include "scheduler/engine.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "scheduler/detok.h"
+#include "scheduler/kv-cache.h"
+#include "scheduler/scheduler.h"
+
+/* ---- requests ---- */
+
+typedef struct ereq_s ereq_t;
+
+typedef struct choice_s {
+    ereq_t *req;
+    int32_t index;
+    int32_t seq;           /* scheduler sequence; -1 before the fork and after the end */
+    ql_sampler_t sampler;  /* params.logit_bias = the request's biases, then its bans */
+    int32_t bans_on;       /* the min_tokens bans are in params.n_logit_bias */
+    ql_detok_t detok;
+    ql_stop_t stop;
+    int32_t n_generated;
+} choice_t;
+
+struct ereq_s {
+    ql_arena_t arena;       /* everything below that points somewhere lives in it */
+    uint64_t handle;
+    char *id;
+    int32_t *prompt;
+    int32_t n_prompt;
+    int32_t max_tokens;     /* resolved: >= 1 */
+    int32_t min_tokens;
+    int32_t ignore_eos;
+    int32_t priority;
+    ql_sampling_params_t sampling;
+    int32_t n_bias_user;    /* logit_bias[0, n_bias_user) the client's, then the bans */
+    int32_t n_bias_all;
+    ql_stop_str_t *stops;
+    int32_t n_stops;
+    int32_t *stop_ids;
+    int32_t n_stop_ids;
+    choice_t *choices;      /* [n_choices] */
+    int32_t n_choices;
+    int32_t n_live;         /* choices not ended */
+    ql_finish_reason_t *reasons; /* [n_choices] */
+    ql_engine_event_fn cb;
+    void *ud;
+    ql_engine_stats_t stats;
+    int32_t admitted_once;
+    int32_t done;           /* final event sent: freed after the current pass */
+    ereq_t *next, *prev;    /* inbox (next only), live list, graveyard (next only) */
+};
+
+typedef struct cancel_s {
+    struct cancel_s *next;
+    uint64_t handle; /* 0: by id */
+    char *id;
+} cancel_t;
+
+enum { SHUTDOWN_NONE = 0, SHUTDOWN_DRAIN = 1, SHUTDOWN_ABORT = 2 };
+
+struct ql_engine_s {
+    ql_backend_t *be;
+    const ql_tok_t *tok;
+    ql_engine_limits_t lim;
+    ql_kv_t *kv;
+    ql_sched_t *sched;
+    ql_sampler_ws_t *ws;
+    float *logits;           /* [max_num_seqs][n_vocab] */
+    int32_t *eog;            /* [n_eog] end-of-generation ids inside the vocabulary */
+    int32_t n_eog;
+    int32_t *copy_src, *copy_dst; /* [max_num_seqs] */
+    choice_t **item_choice;  /* [max_num_seqs] */
+    char *text;              /* the event text being built */
+    size_t text_len, text_cap;
+
+    /* engine thread only */
+    ereq_t *live_head, *live_tail;
+    ereq_t *graveyard;
+    int32_t healthy_local;
+    uint64_t n_prompt_tokens, n_generation_tokens, n_steps;
+    uint64_t n_finished, n_failed, n_cancelled;
+
+    /* under mu */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    ereq_t *inbox_head, *inbox_tail;
+    int32_t n_inbox;
+    cancel_t *cancels;
+    int shutdown;
+    int accepting;
+    int healthy;
+    int stopped;
+    char unhealthy_msg[160];
+    uint64_t next_handle;
+    ql_engine_counters_t counters;
+
+    pthread_t thread;
+    int thread_started;
+};
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...) QL_PRINTF(3, 4);
+static void set_err(char *err, size_t errlen, const char *fmt, ...) {
+    if (!err || !errlen) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+static void req_free(ereq_t *r) {
+    if (!r) return;
+    for (int32_t i = 0; i < r->n_choices && r->choices; i++) {
+        ql_detok_free(&r->choices[i].detok);
+        ql_stop_free(&r->choices[i].stop);
+    }
+    ql_arena_clear(&r->arena);
+    free(r);
+}
+
+/* ---- defaults ---- */
+
+ql_engine_request_t ql_engine_request_default(void) {
+    ql_engine_request_t r;
+    memset(&r, 0, sizeof(r));
+    r.sampling = ql_sampling_params_default();
+    r.n = 1;
+    return r;
+}
+
+/* ---- events ---- */
+
+static void text_reset(ql_engine_t *e) { e->text_len = 0; }
+
+static void text_add(ql_engine_t *e, const char *s, size_t n) {
+    if (n == 0) return;
+    if (e->text_len + n > e->text_cap) {
+        size_t cap = e->text_cap ? e->text_cap : 256;
+        while (cap < e->text_len + n) cap *= 2;
+        e->text = ql_xrealloc(e->text, cap);
+        e->text_cap = cap;
+    }
+    memcpy(e->text + e->text_len, s, n);
+    e->text_len += n;
+}
+
+static void event_init(ql_engine_event_t *ev, const ereq_t *r, ql_engine_event_kind_t kind) {
+    memset(ev, 0, sizeof(*ev));
+    ev->kind = kind;
+    ev->handle = r->handle;
+    ev->request_id = r->id;
+    ev->user_data = r->ud;
+}
+
+static void live_unlink(ql_engine_t *e, ereq_t *r) {
+    if (r->prev) r->prev->next = r->next;
+    else e->live_head = r->next;
+    if (r->next) r->next->prev = r->prev;
+    else e->live_tail = r->prev;
+    r->next = r->prev = NULL;
+}
+
+/* Drops every sequence the request holds and moves it to the graveyard (freed after the pass
+ * that ended it, so that pointers taken earlier in the pass stay valid). */
+static void req_retire(ql_engine_t *e, ereq_t *r) {
+    for (int32_t i = 0; i < r->n_choices; i++) {
+        choice_t *c = &r->choices[i];
+        if (c->seq >= 0) {
+            int rc = ql_sched_remove(e->sched, c->seq);
+            QL_ASSERT(rc == 0);
+            c->seq = -1;
+        }
+    }
+    r->done = 1;
+    live_unlink(e, r);
+    r->next = e->graveyard;
+    e->graveyard = r;
+}
+
+static void bury(ql_engine_t *e) {
+    while (e->graveyard) {
+        ereq_t *r = e->graveyard;
+        e->graveyard = r->next;
+        req_free(r);
+    }
+}
+
+/* The final ERROR event. */
+static void req_fail(ql_engine_t *e, ereq_t *r, int status, const char *fmt, ...) QL_PRINTF(4, 5);
+static void req_fail(ql_engine_t *e, ereq_t *r, int status, const char *fmt, ...) {
+    if (r->done) return;
+    char msg[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    req_retire(e, r);
+    r->stats.t_finish_ns = ql_time_ns();
+    if (status == QL_ECANCELED) e->n_cancelled++;
+    else e->n_failed++;
+    if (status == QL_ECANCELED) QL_RLOG_DEBUG(r->id, "ends: %s", msg);
+    else QL_RLOG_WARN(r->id, "fails: %s (%s)", msg, ql_strerror(status));
+    ql_engine_event_t ev;
+    event_init(&ev, r, QL_ENGINE_EVENT_ERROR);
+    ev.stats = r->stats;
+    ev.status = status;
+    ev.message = msg;
+    r->cb(&ev, r->ud);
+}
+
+/* The final FINISHED event. */
+static void req_finish(ql_engine_t *e, ereq_t *r) {
+    req_retire(e, r);
+    r->stats.t_finish_ns = ql_time_ns();
+    e->n_finished++;
+    ql_engine_event_t ev;
+    event_init(&ev, r, QL_ENGINE_EVENT_FINISHED);
+    ev.n_choices = r->n_choices;
+    ev.finish_reasons = r->reasons;
+    ev.stats = r->stats;
+    r->cb(&ev, r->ud);
+}
+
+static void fail_all(ql_engine_t *e, int status, const char *msg) {
+    while (e->live_head) req_fail(e, e->live_head, status, "%s", msg);
+}
+
+/* ---- counters ---- */
+
+/* Publishes the engine thread's view. note: call only with mu held. */
+static void publish_locked(ql_engine_t *e) {
+    ql_sched_counts_t sc;
+    ql_kv_stats_t ks;
+    ql_sched_get_counts(e->sched, &sc);
+    ql_kv_get_stats(e->kv, &ks);
+    ql_engine_counters_t *c = &e->counters;
+    c->n_running = sc.n_running;
+    c->n_waiting = sc.n_waiting + e->n_inbox;
+    c->kv_blocks_total = ks.n_blocks;
+    c->kv_blocks_used = ks.n_blocks_used;
+    c->kv_blocks_cached = ks.n_blocks_cached;
+    c->prefix_queries_tokens = ks.prefix_queries_tokens;
+    c->prefix_hits_tokens = ks.prefix_hits_tokens;
+    c->n_preemptions = sc.n_preemptions;
+    c->n_prompt_tokens = e->n_prompt_tokens;
+    c->n_generation_tokens = e->n_generation_tokens;
+    c->n_steps = e->n_steps;
+    c->n_requests_finished = e->n_finished;
+    c->n_requests_failed = e->n_failed;
+    c->n_requests_cancelled = e->n_cancelled;
+    c->healthy = e->healthy;
+    c->stopped = e->stopped;
+}
+
+void ql_engine_get_counters(ql_engine_t *e, ql_engine_counters_t *out) {
+    pthread_mutex_lock(&e->mu);
+    *out = e->counters;
+    pthread_mutex_unlock(&e->mu);
+}
+
+int ql_engine_healthy(ql_engine_t *e) {
+    pthread_mutex_lock(&e->mu);
+    int h = e->healthy;
+    pthread_mutex_unlock(&e->mu);
+    return h;
+}
+
+void ql_engine_get_limits(const ql_engine_t *e, ql_engine_limits_t *out) { *out = e->lim; }
+
+/* Marks the engine unhealthy (the backend failed) and stops accepting requests. */
+static void go_unhealthy(ql_engine_t *e, const char *msg) {
+    e->healthy_local = 0;
+    pthread_mutex_lock(&e->mu);
+    e->healthy = 0;
+    e->accepting = 0;
+    snprintf(e->unhealthy_msg, sizeof(e->unhealthy_msg), "%s", msg);
+    pthread_mutex_unlock(&e->mu);
+    QL_LOG_ERROR("engine unhealthy: %s", msg);
+}
+
+/* ---- one choice's token ---- */
+
+static int is_stop_id(const ereq_t *r, int32_t tok) {
+    for (int32_t i = 0; i < r->n_stop_ids; i++)
+        if (r->stop_ids[i] == tok) return 1;
+    return 0;
+}
+
+/* Samples choice c's next token from `row`, applies the stop conditions, emits its OUTPUT event
+ * and, when it ended, retires the choice (and the request with its last choice). */
+static void sample_choice(ql_engine_t *e, choice_t *c, const float *row) {
+    ereq_t *r = c->req;
+    if (r->done || c->seq < 0) return;
+    ql_sched_seq_info_t info;
+    int rc = ql_sched_seq_info(e->sched, c->seq, &info);
+    QL_ASSERT(rc == 0);
+    if (c->bans_on && c->n_generated >= r->min_tokens) {
+        /* NOTE(min-tokens): the bans are the tail of the validated bias array; dropping them
+         * leaves a valid prefix (sampling.h allows lowering n_logit_bias between calls) */
+        c->sampler.params.n_logit_bias = r->n_bias_user;
+        c->bans_on = 0;
+    }
+    ql_sampling_history_t hist = {.tokens = info.tokens, .n_tokens = info.n_tokens, .n_prompt = info.n_prompt};
+    ql_sample_result_t res;
+    rc = ql_sampler_sample(&c->sampler, e->ws, row, &hist, &res);
+    if (rc != 0) {
+        req_fail(e, r, rc, rc == QL_ERANGE ? "no token can be sampled: every token is banned"
+                                           : "sampling failed (logits hold NaN or inf?)");
+        return;
+    }
+    const int32_t tok = res.token;
+    rc = ql_sched_push_token(e->sched, c->seq, tok);
+    if (rc != 0) {
+        req_fail(e, r, QL_EINTERNAL, "scheduler refused token (%s)", ql_strerror(rc));
+        return;
+    }
+    c->n_generated++;
+    r->stats.n_completion_tokens++;
+    e->n_generation_tokens++;
+    if (!r->stats.t_first_token_ns) r->stats.t_first_token_ns = ql_time_ns();
+
+    text_reset(e);
+    ql_finish_reason_t finish = QL_FINISH_REASON_NONE;
+    int matched = 0;
+    if ((!r->ignore_eos && ql_tok_is_eog(e->tok, tok)) || is_stop_id(r, tok)) {
+        finish = QL_FINISH_REASON_STOP; /* the token adds no text */
+    } else {
+        const char *d = "", *o;
+        size_t dn = 0, on;
+        if (ql_detok_push(&c->detok, tok, &d, &dn) != 0) dn = 0; /* past the tokenizer's vocab */
+        rc = ql_stop_push(&c->stop, d, dn, c->n_generated >= r->min_tokens, &o, &on, NULL);
+        if (rc < 0) {
+            req_fail(e, r, QL_EINTERNAL, "stop matcher: %s", ql_strerror(rc));
+            return;
+        }
+        text_add(e, o, on);
+        if (rc == 1) {
+            finish = QL_FINISH_REASON_STOP;
+            matched = 1;
+        }
+    }
+    if (finish == QL_FINISH_REASON_NONE &&
+        (c->n_generated >= r->max_tokens || info.n_tokens + 1 >= e->lim.max_model_len))
+        finish = QL_FINISH_REASON_LENGTH;
+    if (finish != QL_FINISH_REASON_NONE && !matched) {
+        const char *o;
+        size_t on;
+        ql_stop_flush(&c->stop, &o, &on);
+        text_add(e, o, on);
+        ql_detok_flush(&c->detok, &o, &on);
+        text_add(e, o, on);
+    }
+
+    ql_engine_event_t ev;
+    event_init(&ev, r, QL_ENGINE_EVENT_OUTPUT);
+    ev.choice = c->index;
+    ev.tokens = &tok;
+    ev.n_tokens = 1;
+    ev.logprobs = r->sampling.logprobs ? &res : NULL;
+    ev.text = e->text_len ? e->text : "";
+    ev.text_len = e->text_len;
+    ev.finish_reason = finish;
+    r->cb(&ev, r->ud);
+
+    if (finish == QL_FINISH_REASON_NONE) return;
+    r->reasons[c->index] = finish;
+    rc = ql_sched_remove(e->sched, c->seq);
+    QL_ASSERT(rc == 0);
+    c->seq = -1;
+    if (--r->n_live == 0) req_finish(e, r);
+}
+
+/* A sequence got logits: fork the request's other choices first when its prompt just
+ * completed, then sample every choice that reads this row. */
+static void on_logits(ql_engine_t *e, choice_t *c, const float *row) {
+    ereq_t *r = c->req;
+    if (r->done || c->seq < 0) return;
+    ql_sched_seq_info_t info;
+    int rc = ql_sched_seq_info(e->sched, c->seq, &info);
+    QL_ASSERT(rc == 0);
+    if (info.n_forks_pending == 0) {
+        sample_choice(e, c, row);
+        return;
+    }
+    for (int32_t i = 1; i < r->n_choices; i++) {
+        choice_t *k = &r->choices[i];
+        if (k->seq >= 0) continue;
+        rc = ql_sched_fork(e->sched, c->seq, k, &k->seq);
+        if (rc != 0) {
+            k->seq = -1;
+            req_fail(e, r, rc == QL_ENOMEM ? QL_ENOMEM : QL_EINTERNAL, "fork of choice %d failed (%s)",
+                     (int)i, ql_strerror(rc));
+            return;
+        }
+    }
+    for (int32_t i = 0; i < r->n_choices && !r->done; i++) sample_choice(e, &r->choices[i], row);
+}
+
+/* ---- one step ---- */
+
+static int apply_copies(ql_engine_t *e, const ql_kv_copy_t *copies, int32_t n) {
+    for (int32_t i = 0; i < n;) {
+        int32_t len = ql_sched_copy_runs(copies + i, n - i);
+        for (int32_t k = 0; k < len; k++) {
+            e->copy_src[k] = copies[i + k].src;
+            e->copy_dst[k] = copies[i + k].dst;
+        }
+        int rc = ql_backend_copy_blocks(e->be, e->copy_src, e->copy_dst, len);
+        if (rc != 0) return rc;
+        i += len;
+    }
+    return 0;
+}
+
+static void step(ql_engine_t *e) {
+    ql_sched_step_t st;
+    int rc = ql_sched_schedule(e->sched, &st);
+    if (rc != 0) {
+        char msg[96];
+        snprintf(msg, sizeof(msg), "scheduler error: %s", ql_strerror(rc));
+        fail_all(e, QL_EINTERNAL, msg);
+        if (st.n_items > 0) ql_sched_step_done(e->sched); /* every item's sequence is gone */
+        go_unhealthy(e, msg);
+        return;
+    }
+    if (st.n_items == 0) {
+        /* NOTE(progress): with the fit check at submit, an idle pool always admits the head of
+         * the queue; reaching this is a bug, and failing beats spinning */
+        QL_LOG_ERROR("no sequence can run although requests are live: failing them");
+        fail_all(e, QL_EINTERNAL, "scheduler made no progress");
+        return;
+    }
+    const uint64_t now = ql_time_ns();
+    for (int32_t i = 0; i < st.n_admitted; i++) {
+        ql_sched_seq_info_t info;
+        ql_sched_seq_info(e->sched, st.admitted[i], &info);
+        choice_t *c = info.user;
+        ereq_t *r = c->req;
+        if (!r->stats.t_scheduled_ns) r->stats.t_scheduled_ns = now;
+        if (!r->admitted_once && c->index == 0) {
+            r->admitted_once = 1;
+            r->stats.n_cached_prompt_tokens = info.n_cached_prompt;
+            e->n_prompt_tokens += (uint64_t)r->n_prompt;
+        }
+    }
+    for (int32_t i = 0; i < st.n_preempted; i++) {
+        ql_sched_seq_info_t info;
+        ql_sched_seq_info(e->sched, st.preempted[i], &info);
+        choice_t *c = info.user;
+        c->req->stats.n_preemptions++;
+        QL_RLOG_DEBUG(c->req->id, "choice %d preempted (%d tokens to recompute)", (int)c->index,
+                      (int)info.n_tokens);
+    }
+    rc = apply_copies(e, st.copies, st.n_copies);
+    if (rc == 0) rc = ql_backend_forward(e->be, &st.batch, e->logits);
+    if (rc != 0) {
+        char msg[128];
+        snprintf(msg, sizeof(msg), "backend %s failed: %s", st.n_copies ? "step" : "forward",
+                 ql_strerror(rc));
+        fail_all(e, rc, msg);
+        ql_sched_step_done(e->sched);
+        go_unhealthy(e, msg);
+        return;
+    }
+    rc = ql_sched_step_done(e->sched);
+    QL_ASSERT(rc == 0);
+    e->n_steps++;
+    /* the choices first: handling one item may retire requests and free sequence ids */
+    for (int32_t i = 0; i < st.n_items; i++) {
+        e->item_choice[i] = NULL;
+        if (st.items[i].logits_row < 0) continue;
+        ql_sched_seq_info_t info;
+        ql_sched_seq_info(e->sched, st.items[i].seq, &info);
+        e->item_choice[i] = info.user;
+    }
+    const size_t n_vocab = (size_t)e->lim.n_vocab;
+    for (int32_t i = 0; i < st.n_items; i++) {
+        choice_t *c = e->item_choice[i];
+        if (!c || c->seq != st.items[i].seq) continue;
+        on_logits(e, c, e->logits + (size_t)st.items[i].logits_row * n_vocab);
+    }
+}
+
+/* ---- the inbox ---- */
+
+static void take_inbox(ql_engine_t *e, ereq_t *list) {
+    while (list) {
+        ereq_t *r = list;
+        list = r->next;
+        r->next = NULL;
+        r->prev = e->live_tail;
+        if (e->live_tail) e->live_tail->next = r;
+        else e->live_head = r;
+        e->live_tail = r;
+        ql_sched_req_t sr = {.prompt = r->prompt,
+                             .n_prompt = r->n_prompt,
+                             .max_tokens = r->max_tokens,
+                             .n_choices = r->n_choices,
+                             .priority = r->priority,
+                             .user = &r->choices[0]};
+        int rc = ql_sched_add(e->sched, &sr, &r->choices[0].seq);
+        if (rc != 0) {
+            r->choices[0].seq = -1;
+            req_fail(e, r, rc, "could not queue the request (%s)", ql_strerror(rc));
+        }
+    }
+}
+
+static void apply_cancels(ql_engine_t *e, cancel_t *list) {
+    while (list) {
+        cancel_t *c = list;
+        list = c->next;
+        for (ereq_t *r = e->live_head, *nx; r; r = nx) {
+            nx = r->next;
+            if (c->handle ? r->handle == c->handle : strcmp(r->id, c->id) == 0)
+                req_fail(e, r, QL_ECANCELED, "cancelled");
+        }
+        free(c->id);
+        free(c);
+    }
+}
+
+static void *engine_main(void *arg) {
+    ql_engine_t *e = arg;
+    pthread_mutex_lock(&e->mu);
+    for (;;) {
+        while (!e->inbox_head && !e->cancels && e->shutdown == SHUTDOWN_NONE && !e->live_head)
+            pthread_cond_wait(&e->cv, &e->mu);
+        if (e->shutdown == SHUTDOWN_DRAIN && !e->inbox_head && !e->cancels && !e->live_head) break;
+        ereq_t *in = e->inbox_head;
+        cancel_t *cl = e->cancels;
+        e->inbox_head = e->inbox_tail = NULL;
+        e->n_inbox = 0;
+        e->cancels = NULL;
+        int mode = e->shutdown;
+        pthread_mutex_unlock(&e->mu);
+
+        take_inbox(e, in);
+        apply_cancels(e, cl);
+        if (mode == SHUTDOWN_ABORT) fail_all(e, QL_ECANCELED, "engine shut down");
+        else if (e->live_head && e->healthy_local) step(e);
+        else if (e->live_head) fail_all(e, QL_ESTATE, "engine unhealthy");
+        bury(e);
+
+        pthread_mutex_lock(&e->mu);
+        publish_locked(e);
+        if (mode == SHUTDOWN_ABORT) break;
+    }
+    e->stopped = 1;
+    e->accepting = 0;
+    publish_locked(e);
+    pthread_mutex_unlock(&e->mu);
+    return NULL;
+}
+
+/* ---- init / free ---- */
+
+int ql_engine_init(const ql_engine_params_t *p, ql_backend_t *be, const ql_tok_t *tok,
+                   ql_engine_t **out, char *err, size_t errlen) {
+    set_err(err, errlen, "%s", "");
+    if (!p || !be || !tok || !out) {
+        set_err(err, errlen, "engine: NULL argument");
+        return QL_EINVAL;
+    }
+    *out = NULL;
+    const ql_backend_info_t *bi = ql_backend_info(be);
+    if (p->max_num_seqs < 0 || p->max_batched_tokens < 0 || p->max_model_len < 0 ||
+        (p->disable_prefix_cache != 0 && p->disable_prefix_cache != 1)) {
+        set_err(err, errlen, "engine: a parameter is negative or out of range");
+        return QL_EINVAL;
+    }
+    if (bi->n_vocab < 1 || bi->n_seqs_max < 1 || bi->n_logits_max < 1 || bi->n_batch_tokens_max < 1 ||
+        bi->kv.block_size < 1 || bi->kv.n_blocks < 1 || bi->n_ctx_max < 2) {
+        set_err(err, errlen, "engine: backend '%s' reports unusable limits", bi->name ? bi->name : "?");
+        return QL_EINVAL;
+    }
+    ql_engine_limits_t lim;
+    memset(&lim, 0, sizeof(lim));
+    lim.n_vocab = bi->n_vocab;
+    lim.block_size = bi->kv.block_size;
+    lim.n_blocks = bi->kv.n_blocks;
+    /* one logits row per sequence at most, one token per sequence at least */
+    lim.max_num_seqs = p->max_num_seqs ? p->max_num_seqs : 64;
+    lim.max_num_seqs = QL_MIN(lim.max_num_seqs, QL_MIN(bi->n_seqs_max, bi->n_logits_max));
+    lim.max_batched_tokens = p->max_batched_tokens ? p->max_batched_tokens : bi->n_batch_tokens_max;
+    lim.max_batched_tokens = QL_MIN(lim.max_batched_tokens, bi->n_batch_tokens_max);
+    lim.max_num_seqs = QL_MIN(lim.max_num_seqs, lim.max_batched_tokens);
+    lim.max_model_len = p->max_model_len ? p->max_model_len : bi->n_ctx_max;
+    lim.max_model_len = QL_MIN(lim.max_model_len, bi->n_ctx_max);
+    int64_t pool_tokens = (int64_t)bi->kv.n_blocks * bi->kv.block_size;
+    if (lim.max_model_len > pool_tokens + 1) {
+        QL_LOG_WARN("max_model_len %d exceeds what the KV pool holds (%lld tokens): capped",
+                    (int)lim.max_model_len, (long long)pool_tokens);
+        lim.max_model_len = (int32_t)(pool_tokens + 1); /* the last token is never fed */
+    }
+    if (lim.max_model_len < 2) {
+        set_err(err, errlen, "engine: max_model_len %d leaves no room to generate", (int)lim.max_model_len);
+        return QL_EINVAL;
+    }
+
+    ql_engine_t *e = calloc(1, sizeof(*e));
+    if (!e) return QL_ENOMEM;
+    e->be = be;
+    e->tok = tok;
+    e->lim = lim;
+    e->healthy_local = 1;
+    e->healthy = 1;
+    e->accepting = 1;
+    e->next_handle = 1;
+    int rc = QL_ENOMEM;
+
+    ql_kv_params_t kp = ql_kv_params_default();
+    kp.n_blocks = lim.n_blocks;
+    kp.block_size = lim.block_size;
+    kp.n_seq_max = lim.max_num_seqs;
+    kp.n_tokens_max = lim.max_model_len;
+    kp.prefix_cache = p->disable_prefix_cache ? 0 : 1;
+    kp.hash_seed = p->prefix_hash_seed;
+    if ((rc = ql_kv_init(&kp, &e->kv)) != 0) goto fail;
+    ql_sched_params_t sp = {.max_num_seqs = lim.max_num_seqs,
+                            .max_batched_tokens = lim.max_batched_tokens,
+                            .max_model_len = lim.max_model_len};
+    if ((rc = ql_sched_init(&sp, e->kv, &e->sched)) != 0) goto fail;
+    if ((rc = ql_sampler_ws_init(lim.n_vocab, &e->ws)) != 0) goto fail;
+    rc = QL_ENOMEM;
+    size_t n_logits;
+    if (ql_size_mul((size_t)lim.max_num_seqs, (size_t)lim.n_vocab, &n_logits) != 0) goto fail;
+    e->logits = malloc(n_logits * sizeof(float));
+    e->copy_src = calloc((size_t)lim.max_num_seqs, sizeof(int32_t));
+    e->copy_dst = calloc((size_t)lim.max_num_seqs, sizeof(int32_t));
+    e->item_choice = calloc((size_t)lim.max_num_seqs, sizeof(choice_t *));
+    const int32_t *eog;
+    size_t n_eog = ql_tok_eog_ids(tok, &eog);
+    e->eog = calloc(n_eog + 1, sizeof(int32_t));
+    if (!e->logits || !e->copy_src || !e->copy_dst || !e->item_choice || !e->eog) goto fail;
+    for (size_t i = 0; i < n_eog; i++)
+        if (eog[i] >= 0 && eog[i] < lim.n_vocab) e->eog[e->n_eog++] = eog[i];
+
+    if (pthread_mutex_init(&e->mu, NULL) != 0) goto fail;
+    if (pthread_cond_init(&e->cv, NULL) != 0) {
+        pthread_mutex_destroy(&e->mu);
+        goto fail;
+    }
+    pthread_mutex_lock(&e->mu);
+    publish_locked(e);
+    pthread_mutex_unlock(&e->mu);
+    if (pthread_create(&e->thread, NULL, engine_main, e) != 0) {
+        pthread_cond_destroy(&e->cv);
+        pthread_mutex_destroy(&e->mu);
+        rc = QL_EIO;
+        set_err(err, errlen, "engine: cannot start the engine thread");
+        goto fail;
+    }
+    e->thread_started = 1;
+    QL_LOG_INFO("engine: backend %s, max_num_seqs %d, max_batched_tokens %d, max_model_len %d, "
+                "%d KV blocks of %d tokens, prefix cache %s",
+                bi->name ? bi->name : "?", (int)lim.max_num_seqs, (int)lim.max_batched_tokens,
+                (int)lim.max_model_len, (int)lim.n_blocks, (int)lim.block_size,
+                kp.prefix_cache ? "on" : "off");
+    *out = e;
+    return 0;
+
+fail:
+    if (err && errlen && !err[0]) set_err(err, errlen, "engine: %s", ql_strerror(rc));
+    ql_sched_free(e->sched);
+    ql_kv_free(e->kv);
+    ql_sampler_ws_free(e->ws);
+    free(e->logits);
+    free(e->copy_src);
+    free(e->copy_dst);
+    free(e->item_choice);
+    free(e->eog);
+    free(e);
+    return rc;
+}
+
+void ql_engine_shutdown(ql_engine_t *e, int drain) {
+    if (!e) return;
+    pthread_mutex_lock(&e->mu);
+    e->accepting = 0;
+    int mode = drain ? SHUTDOWN_DRAIN : SHUTDOWN_ABORT;
+    if (mode > e->shutdown) e->shutdown = mode;
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+}
+
+void ql_engine_free(ql_engine_t *e) {
+    if (!e) return;
+    if (e->thread_started) {
+        ql_engine_shutdown(e, 0);
+        pthread_join(e->thread, NULL);
+    }
+    QL_ASSERT(!e->live_head && !e->inbox_head && !e->graveyard);
+    while (e->cancels) {
+        cancel_t *c = e->cancels;
+        e->cancels = c->next;
+        free(c->id);
+        free(c);
+    }
+    pthread_cond_destroy(&e->cv);
+    pthread_mutex_destroy(&e->mu);
+    ql_sched_free(e->sched);
+    ql_kv_free(e->kv);
+    ql_sampler_ws_free(e->ws);
+    free(e->logits);
+    free(e->copy_src);
+    free(e->copy_dst);
+    free(e->item_choice);
+    free(e->eog);
+    free(e->text);
+    free(e);
+}
+
+/* ---- submit / cancel ---- */
+
+static void *arena_copy(ql_arena_t *a, const void *src, size_t n) {
+    void *p = ql_arena_alloc(a, n ? n : 1);
+    if (p && n) memcpy(p, src, n);
+    return p;
+}
+
+int ql_engine_submit(ql_engine_t *e, const ql_engine_request_t *q, uint64_t *handle, char *err,
+                     size_t errlen) {
+    set_err(err, errlen, "%s", "");
+    if (handle) *handle = 0;
+    if (!e || !q) return QL_EINVAL;
+    const ql_engine_limits_t *L = &e->lim;
+    if (!q->on_event) {
+        set_err(err, errlen, "no event callback");
+        return QL_EINVAL;
+    }
+    if (!q->prompt || q->n_prompt < 1) {
+        set_err(err, errlen, "the prompt is empty");
+        return QL_EINVAL;
+    }
+    for (int32_t i = 0; i < q->n_prompt; i++) {
+        if (q->prompt[i] < 0 || q->prompt[i] >= L->n_vocab) {
+            set_err(err, errlen, "prompt token %d is %d, outside the vocabulary [0, %d)", (int)i,
+                    (int)q->prompt[i], (int)L->n_vocab);
+            return QL_EINVAL;
+        }
+    }
+    int32_t n = q->n ? q->n : 1;
+    if (n < 1 || n > L->max_num_seqs) {
+        set_err(err, errlen, "n = %d is outside [1, %d]", (int)q->n, (int)L->max_num_seqs);
+        return QL_EINVAL;
+    }
+    int rc = ql_sampling_params_validate(&q->sampling, L->n_vocab);
+    if (rc != 0) {
+        set_err(err, errlen, "%s", rc == QL_ERANGE ? "a logit_bias token is outside the vocabulary"
+                                                   : "a sampling parameter is out of range");
+        return QL_EINVAL;
+    }
+    if (q->min_tokens < 0 || (q->max_tokens > 0 && q->min_tokens > q->max_tokens)) {
+        set_err(err, errlen, "min_tokens %d must be in [0, max_tokens %d]", (int)q->min_tokens,
+                (int)q->max_tokens);
+        return QL_EINVAL;
+    }
+    if (q->n_stop < 0 || (q->n_stop > 0 && !q->stop) || q->n_stop_token_ids < 0 ||
+        (q->n_stop_token_ids > 0 && !q->stop_token_ids)) {
+        set_err(err, errlen, "bad stop list");
+        return QL_EINVAL;
+    }
+    for (int32_t i = 0; i < q->n_stop; i++) {
+        if (!q->stop[i].text || q->stop[i].len == 0) {
+            set_err(err, errlen, "stop sequence %d is empty", (int)i);
+            return QL_EINVAL;
+        }
+    }
+    for (int32_t i = 0; i < q->n_stop_token_ids; i++) {
+        if (q->stop_token_ids[i] < 0 || q->stop_token_ids[i] >= L->n_vocab) {
+            set_err(err, errlen, "stop token id %d is outside the vocabulary", (int)q->stop_token_ids[i]);
+            return QL_EINVAL;
+        }
+    }
+    int32_t max_tokens = q->max_tokens;
+    if (max_tokens <= 0) {
+        if (q->n_prompt >= L->max_model_len) {
+            set_err(err, errlen,
+                    "This model's maximum context length is %d tokens. However, your prompt has %d "
+                    "tokens, which leaves no room to generate.",
+                    (int)L->max_model_len, (int)q->n_prompt);
+            return QL_ERANGE;
+        }
+        max_tokens = L->max_model_len - q->n_prompt;
+        if (q->min_tokens > max_tokens) {
+            set_err(err, errlen, "min_tokens %d exceeds the %d tokens left in the context",
+                    (int)q->min_tokens, (int)max_tokens);
+            return QL_ERANGE;
+        }
+    }
+    ql_sched_req_t sr = {.prompt = q->prompt, .n_prompt = q->n_prompt, .max_tokens = max_tokens,
+                         .n_choices = n};
+    rc = ql_sched_check_fit(e->sched, &sr);
+    if (rc == QL_ERANGE) {
+        set_err(err, errlen,
+                "This model's maximum context length is %d tokens. However, you requested %lld "
+                "tokens (%d in the prompt, %d for the completion).",
+                (int)L->max_model_len, (long long)q->n_prompt + max_tokens, (int)q->n_prompt,
+                (int)max_tokens);
+        return rc;
+    }
+    if (rc == QL_ENOSPC) {
+        set_err(err, errlen,
+                "The request needs up to %lld tokens of KV cache, more than the whole pool holds "
+                "(%lld tokens); lower max_tokens or the prompt.",
+                (long long)q->n_prompt + max_tokens - 1, (long long)L->n_blocks * L->block_size);
+        return rc;
+    }
+    if (rc != 0) {
+        set_err(err, errlen, "invalid request");
+        return rc;
+    }
+
+    /* ---- the copy: one arena per request ---- */
+    ereq_t *r = calloc(1, sizeof(*r));
+    if (!r) return QL_ENOMEM;
+    ql_arena_init(&r->arena, 4096);
+    ql_arena_t *a = &r->arena;
+    const char *id = q->id ? q->id : "";
+    const int bans = q->min_tokens > 0;
+    int32_t n_bans = bans ? (q->ignore_eos ? 0 : e->n_eog) + q->n_stop_token_ids : 0;
+    int32_t n_bias = q->sampling.n_logit_bias + n_bans;
+    r->id = ql_arena_strndup(a, id, strlen(id));
+    r->prompt = arena_copy(a, q->prompt, (size_t)q->n_prompt * sizeof(int32_t));
+    ql_logit_bias_t *bias = ql_arena_alloc(a, (size_t)(n_bias ? n_bias : 1) * sizeof(*bias));
+    r->stops = ql_arena_alloc(a, (size_t)(q->n_stop ? q->n_stop : 1) * sizeof(ql_stop_str_t));
+    r->stop_ids = arena_copy(a, q->stop_token_ids, (size_t)q->n_stop_token_ids * sizeof(int32_t));
+    r->choices = ql_arena_alloc(a, (size_t)n * sizeof(choice_t));
+    r->reasons = ql_arena_alloc(a, (size_t)n * sizeof(ql_finish_reason_t));
+    if (!r->id || !r->prompt || !bias || !r->stops || !r->stop_ids || !r->choices || !r->reasons)
+        goto nomem;
+    for (int32_t i = 0; i < q->n_stop; i++) {
+        char *t = arena_copy(a, q->stop[i].text, q->stop[i].len);
+        if (!t) goto nomem;
+        r->stops[i].text = t;
+        r->stops[i].len = q->stop[i].len;
+    }
+    if (q->sampling.n_logit_bias > 0)
+        memcpy(bias, q->sampling.logit_bias, (size_t)q->sampling.n_logit_bias * sizeof(*bias));
+    int32_t nb = q->sampling.n_logit_bias;
+    if (bans) {
+        if (!q->ignore_eos)
+            for (int32_t i = 0; i < e->n_eog; i++) bias[nb++] = (ql_logit_bias_t){e->eog[i], QL_SAMPLING_BIAS_MIN};
+        for (int32_t i = 0; i < q->n_stop_token_ids; i++)
+            bias[nb++] = (ql_logit_bias_t){q->stop_token_ids[i], QL_SAMPLING_BIAS_MIN};
+    }
+    QL_ASSERT(nb == n_bias);
+    r->n_prompt = q->n_prompt;
+    r->max_tokens = max_tokens;
+    r->min_tokens = q->min_tokens;
+    r->ignore_eos = q->ignore_eos != 0;
+    r->priority = q->priority;
+    r->sampling = q->sampling;
+    r->sampling.logit_bias = bias;
+    r->sampling.n_logit_bias = n_bias;
+    r->n_bias_user = q->sampling.n_logit_bias;
+    r->n_bias_all = n_bias;
+    r->n_stops = q->n_stop;
+    r->n_stop_ids = q->n_stop_token_ids;
+    r->n_choices = n;
+    r->n_live = n;
+    r->cb = q->on_event;
+    r->ud = q->user_data;
+    r->stats.n_prompt_tokens = q->n_prompt;
+    memset(r->choices, 0, (size_t)n * sizeof(choice_t));
+    for (int32_t i = 0; i < n; i++) {
+        choice_t *c = &r->choices[i];
+        c->req = r;
+        c->index = i;
+        c->seq = -1;
+        r->reasons[i] = QL_FINISH_REASON_NONE;
+        ql_sampling_params_t sp = r->sampling;
+        sp.seed = q->sampling.seed + (uint64_t)i;
+        rc = ql_sampler_init(&c->sampler, &sp, L->n_vocab);
+        QL_ASSERT(rc == 0); /* validated above; the bans are ids inside the vocabulary */
+        c->bans_on = bans;
+        if (!bans) c->sampler.params.n_logit_bias = r->n_bias_user;
+        ql_detok_init(&c->detok, e->tok, q->render_special ? QL_TOK_RENDER_SPECIAL : 0);
+        rc = ql_stop_init(&c->stop, r->stops, r->n_stops);
+        QL_ASSERT(rc == 0);
+    }
+    r->stats.t_submit_ns = ql_time_ns();
+
+    pthread_mutex_lock(&e->mu);
+    if (!e->accepting) {
+        int healthy = e->healthy;
+        if (healthy) set_err(err, errlen, "the engine is shutting down");
+        else set_err(err, errlen, "the engine is unhealthy: %s", e->unhealthy_msg);
+        pthread_mutex_unlock(&e->mu);
+        req_free(r);
+        return QL_ESTATE;
+    }
+    r->handle = e->next_handle++;
+    if (e->inbox_tail) e->inbox_tail->next = r;
+    else e->inbox_head = r;
+    e->inbox_tail = r;
+    e->n_inbox++;
+    e->counters.n_waiting++;
+    if (handle) *handle = r->handle;
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+    QL_RLOG_DEBUG(r->id, "submitted: %d prompt tokens, max_tokens %d, n %d", (int)r->n_prompt,
+                  (int)r->max_tokens, (int)n);
+    return 0;
+
+nomem:
+    req_free(r);
+    set_err(err, errlen, "out of memory");
+    return QL_ENOMEM;
+}
+
+static int push_cancel(ql_engine_t *e, uint64_t handle, const char *id) {
+    cancel_t *c = ql_xcalloc(1, sizeof(*c));
+    c->handle = handle;
+    c->id = id ? ql_xstrdup(id) : NULL;
+    pthread_mutex_lock(&e->mu);
+    if (e->stopped) { /* nothing left to cancel */
+        pthread_mutex_unlock(&e->mu);
+        free(c->id);
+        free(c);
+        return 0;
+    }
+    c->next = e->cancels;
+    e->cancels = c;
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+    return 0;
+}
+
+int ql_engine_cancel(ql_engine_t *e, uint64_t handle) {
+    if (!e || handle == 0) return QL_EINVAL;
+    return push_cancel(e, handle, NULL);
+}
+
+int ql_engine_cancel_id(ql_engine_t *e, const char *id) {
+    if (!e || !id) return QL_EINVAL;
+    return push_cancel(e, 0, id);
+}
