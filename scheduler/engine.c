@@ -90,6 +90,8 @@ struct ql_engine_s {
     ereq_t *live_head, *live_tail;
     ereq_t *graveyard;
     int32_t healthy_local;
+    int fail_status;          /* once unhealthy: the status requests still in the inbox get */
+    char fail_msg[160];
     uint64_t n_prompt_tokens, n_generation_tokens, n_steps;
     uint64_t n_finished, n_failed, n_cancelled;
 
@@ -279,9 +281,12 @@ int ql_engine_healthy(ql_engine_t *e) {
 
 void ql_engine_get_limits(const ql_engine_t *e, ql_engine_limits_t *out) { *out = e->lim; }
 
-/* Marks the engine unhealthy (the backend failed) and stops accepting requests. */
-static void go_unhealthy(ql_engine_t *e, const char *msg) {
+/* Marks the engine unhealthy (the backend failed) and stops accepting requests. Requests
+ * accepted before this but still in the inbox end later with the same status and message. */
+static void go_unhealthy(ql_engine_t *e, int status, const char *msg) {
     e->healthy_local = 0;
+    e->fail_status = status;
+    snprintf(e->fail_msg, sizeof(e->fail_msg), "%s", msg);
     pthread_mutex_lock(&e->mu);
     e->healthy = 0;
     e->accepting = 0;
@@ -430,9 +435,9 @@ static void step(ql_engine_t *e) {
     if (rc != 0) {
         char msg[96];
         snprintf(msg, sizeof(msg), "scheduler error: %s", ql_strerror(rc));
+        go_unhealthy(e, QL_EINTERNAL, msg); /* first: a client told of the error finds it so */
         fail_all(e, QL_EINTERNAL, msg);
         if (st.n_items > 0) ql_sched_step_done(e->sched); /* every item's sequence is gone */
-        go_unhealthy(e, msg);
         return;
     }
     if (st.n_items == 0) {
@@ -469,9 +474,9 @@ static void step(ql_engine_t *e) {
         char msg[128];
         snprintf(msg, sizeof(msg), "backend %s failed: %s", st.n_copies ? "step" : "forward",
                  ql_strerror(rc));
+        go_unhealthy(e, rc, msg); /* first: a client told of the error finds it so */
         fail_all(e, rc, msg);
-        ql_sched_step_done(e->sched);
-        go_unhealthy(e, msg);
+        ql_sched_step_done(e->sched); /* every item's sequence is gone: nothing is computed */
         return;
     }
     rc = ql_sched_step_done(e->sched);
@@ -551,7 +556,7 @@ static void *engine_main(void *arg) {
         apply_cancels(e, cl);
         if (mode == SHUTDOWN_ABORT) fail_all(e, QL_ECANCELED, "engine shut down");
         else if (e->live_head && e->healthy_local) step(e);
-        else if (e->live_head) fail_all(e, QL_ESTATE, "engine unhealthy");
+        else if (e->live_head) fail_all(e, e->fail_status, e->fail_msg);
         bury(e);
 
         pthread_mutex_lock(&e->mu);
