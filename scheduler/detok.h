@@ -69,7 +69,7 @@ QL_API int ql_detok_push(ql_detok_t *d, int32_t id, const char **text, size_t *l
  *  Thread: the one using `d`. */
 QL_API void ql_detok_flush(ql_detok_t *d, const char **text, size_t *len);
 
-/** Bytes released so far (pushes and flushes). */
+/** Bytes released so far (pushes and flushes). Thread: the one using `d`. */
 QL_API uint64_t ql_detok_n_bytes(const ql_detok_t *d);
 
 /** Frees the buffer; `d` may be freed twice or re-initialised. */

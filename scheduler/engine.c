@@ -317,7 +317,8 @@ static void sample_choice(ql_engine_t *e, choice_t *c, const float *row) {
         c->sampler.params.n_logit_bias = r->n_bias_user;
         c->bans_on = 0;
     }
-    ql_sampling_history_t hist = {.tokens = info.tokens, .n_tokens = info.n_tokens, .n_prompt = info.n_prompt};
+    ql_sampling_history_t hist = {
+        .tokens = info.tokens, .n_tokens = info.n_tokens, .n_prompt = info.n_prompt};
     ql_sample_result_t res;
     rc = ql_sampler_sample(&c->sampler, e->ws, row, &hist, &res);
     if (rc != 0) {
@@ -405,8 +406,8 @@ static void on_logits(ql_engine_t *e, choice_t *c, const float *row) {
         rc = ql_sched_fork(e->sched, c->seq, k, &k->seq);
         if (rc != 0) {
             k->seq = -1;
-            req_fail(e, r, rc == QL_ENOMEM ? QL_ENOMEM : QL_EINTERNAL, "fork of choice %d failed (%s)",
-                     (int)i, ql_strerror(rc));
+            req_fail(e, r, rc == QL_ENOMEM ? QL_ENOMEM : QL_EINTERNAL,
+                     "fork of choice %d failed (%s)", (int)i, ql_strerror(rc));
             return;
         }
     }
@@ -431,6 +432,7 @@ static int apply_copies(ql_engine_t *e, const ql_kv_copy_t *copies, int32_t n) {
 
 static void step(ql_engine_t *e) {
     ql_sched_step_t st;
+    memset(&st, 0, sizeof(st));
     int rc = ql_sched_schedule(e->sched, &st);
     if (rc != 0) {
         char msg[96];
@@ -586,9 +588,11 @@ int ql_engine_init(const ql_engine_params_t *p, ql_backend_t *be, const ql_tok_t
         set_err(err, errlen, "engine: a parameter is negative or out of range");
         return QL_EINVAL;
     }
-    if (bi->n_vocab < 1 || bi->n_seqs_max < 1 || bi->n_logits_max < 1 || bi->n_batch_tokens_max < 1 ||
-        bi->kv.block_size < 1 || bi->kv.n_blocks < 1 || bi->n_ctx_max < 2) {
-        set_err(err, errlen, "engine: backend '%s' reports unusable limits", bi->name ? bi->name : "?");
+    if (bi->n_vocab < 1 || bi->n_seqs_max < 1 || bi->n_logits_max < 1 ||
+        bi->n_batch_tokens_max < 1 || bi->kv.block_size < 1 || bi->kv.n_blocks < 1 ||
+        bi->n_ctx_max < 2) {
+        set_err(err, errlen, "engine: backend '%s' reports unusable limits",
+                bi->name ? bi->name : "?");
         return QL_EINVAL;
     }
     ql_engine_limits_t lim;
@@ -611,7 +615,8 @@ int ql_engine_init(const ql_engine_params_t *p, ql_backend_t *be, const ql_tok_t
         lim.max_model_len = (int32_t)(pool_tokens + 1); /* the last token is never fed */
     }
     if (lim.max_model_len < 2) {
-        set_err(err, errlen, "engine: max_model_len %d leaves no room to generate", (int)lim.max_model_len);
+        set_err(err, errlen, "engine: max_model_len %d leaves no room to generate",
+                (int)lim.max_model_len);
         return QL_EINVAL;
     }
 
@@ -786,7 +791,8 @@ int ql_engine_submit(ql_engine_t *e, const ql_engine_request_t *q, uint64_t *han
     }
     for (int32_t i = 0; i < q->n_stop_token_ids; i++) {
         if (q->stop_token_ids[i] < 0 || q->stop_token_ids[i] >= L->n_vocab) {
-            set_err(err, errlen, "stop token id %d is outside the vocabulary", (int)q->stop_token_ids[i]);
+            set_err(err, errlen, "stop token id %d is outside the vocabulary",
+                    (int)q->stop_token_ids[i]);
             return QL_EINVAL;
         }
     }
@@ -858,7 +864,8 @@ int ql_engine_submit(ql_engine_t *e, const ql_engine_request_t *q, uint64_t *han
     int32_t nb = q->sampling.n_logit_bias;
     if (bans) {
         if (!q->ignore_eos)
-            for (int32_t i = 0; i < e->n_eog; i++) bias[nb++] = (ql_logit_bias_t){e->eog[i], QL_SAMPLING_BIAS_MIN};
+            for (int32_t i = 0; i < e->n_eog; i++)
+                bias[nb++] = (ql_logit_bias_t){e->eog[i], QL_SAMPLING_BIAS_MIN};
         for (int32_t i = 0; i < q->n_stop_token_ids; i++)
             bias[nb++] = (ql_logit_bias_t){q->stop_token_ids[i], QL_SAMPLING_BIAS_MIN};
     }

@@ -199,8 +199,10 @@ QL_API int ql_engine_init(const ql_engine_params_t *p, ql_backend_t *be, const q
  *  @return 0; QL_EINVAL (a field out of range: bad sampling parameters, token ids outside the
  *  vocabulary, empty stop string, min_tokens > max_tokens, n too large, no callback);
  *  QL_ERANGE (context_length_exceeded: prompt + max_tokens > max_model_len, or a prompt that
- *  leaves no room to generate); QL_ENOSPC (context_length_exceeded: the request needs more KV
- *  blocks than the whole pool); QL_ESTATE (shutting down, or unhealthy); QL_ENOMEM.
+ *  leaves no room to generate; min_tokens beyond the room left when max_tokens is unset);
+ *  QL_ENOSPC (context_length_exceeded: more KV blocks than the whole pool; not reached while
+ *  max_model_len is capped by the pool, as ql_engine_init does, so such a request gets
+ *  QL_ERANGE); QL_ESTATE (shutting down, or unhealthy); QL_ENOMEM.
  *  Thread: any. */
 QL_API int ql_engine_submit(ql_engine_t *e, const ql_engine_request_t *r, uint64_t *handle,
                             char *err, size_t errlen);

@@ -191,7 +191,8 @@ static int32_t slot_take(ql_sched_t *s) {
         if (!ids) return -1; /* seqs grew; harmless, the next call retries */
         s->free_ids = ids;
         memset(seqs + old, 0, (size_t)(cap - old) * sizeof(*seqs));
-        for (int32_t i = cap - 1; i >= old; i--) s->free_ids[s->n_free_ids++] = i; /* low ids first */
+        for (int32_t i = cap - 1; i >= old; i--) /* low ids first */
+            s->free_ids[s->n_free_ids++] = i;
         s->n_seqs_cap = cap;
     }
     int32_t id = s->free_ids[--s->n_free_ids];
@@ -564,7 +565,8 @@ int32_t ql_sched_copy_runs(const ql_kv_copy_t *copies, int32_t n) {
         const ql_kv_copy_t *c = &copies[len];
         int conflict = 0;
         for (int32_t j = 0; j < len && !conflict; j++)
-            conflict = c->dst == copies[j].src || c->dst == copies[j].dst || c->src == copies[j].dst;
+            conflict = c->dst == copies[j].src || c->dst == copies[j].dst ||
+                       c->src == copies[j].dst;
         if (conflict) break;
     }
     return len;

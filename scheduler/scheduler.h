@@ -209,7 +209,10 @@ QL_API int ql_sched_remove(ql_sched_t *s, int32_t seq);
 /** Fills *out for a sequence. @return 0 or QL_EINVAL (no such sequence). */
 QL_API int ql_sched_seq_info(const ql_sched_t *s, int32_t seq, ql_sched_seq_info_t *out);
 
+/** Fills *out with the current counts. Thread: the engine thread (the engine publishes them to
+ *  other threads). */
 QL_API void ql_sched_get_counts(const ql_sched_t *s, ql_sched_counts_t *out);
+/** Fills *out with the limits fixed at init. Thread: any. */
 QL_API void ql_sched_get_limits(const ql_sched_t *s, ql_sched_limits_t *out);
 
 /** Splits copies[0, n) into runs that one ql_backend_copy_blocks call each may perform in any

@@ -85,7 +85,7 @@ QL_API int ql_stop_push(ql_stop_t *st, const char *text, size_t len, int match, 
  *  *out / *out_len, borrowed as above. Nothing after a match. Thread: the one using `st`. */
 QL_API void ql_stop_flush(ql_stop_t *st, const char **out, size_t *out_len);
 
-/** Bytes held back now. */
+/** Bytes held back now (a suffix that may start a stop string). Thread: the one using `st`. */
 QL_API size_t ql_stop_n_held(const ql_stop_t *st);
 
 /** Frees the buffers; `st` may be freed twice. */
