@@ -570,6 +570,20 @@ static void test_logit_bias(void **state) {
     assert_float_equal(rel_logit(probs, 5, 0), 1.5 - 0.75, 1e-5);
     assert_float_equal(rel_logit(probs, 3, 0), 3.0, 1e-5);
 
+    /* lowering n_logit_bias between calls keeps a valid prefix: the engine lifts its
+     * min_tokens bans (the tail of the array) this way */
+    ql_logit_bias_t two[2] = {{5, 1.0f}, {3, -100.0f}};
+    p = ql_sampling_params_default();
+    p.temperature = 0.0f;
+    p.logit_bias = two;
+    p.n_logit_bias = 2;
+    init_ok(&s, &p, V);
+    assert_int_equal(sample_one(&s, ws, l, NULL), 5); /* 3 banned; 5: 1.5 + 1 > 2 */
+    s.params.n_logit_bias = 1;
+    assert_int_equal(sample_one(&s, ws, l, NULL), 3); /* the ban is lifted, the bias stays */
+    assert_int_equal(ql_sampler_probs(&s, ws, l, NULL, probs), 0);
+    assert_true(probs[3] == 1.0f);
+
     /* +100 makes a token all but certain */
     ql_logit_bias_t up = {7, 100.0f};
     p = ql_sampling_params_default();
