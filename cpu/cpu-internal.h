@@ -93,16 +93,21 @@ static inline float ql__cpu_fp16_load(const void *p) {
 
 /* ---- packed weights ---- */
 
-/* Rows per panel: one ymm lane per row. */
+/* Rows per panel: one vector lane per row, 8 for the 256-bit kernels, 16 for the 512-bit
+ * ones (QL_CPU_ISA_AVX512VNNI). */
 #define QL_CPU_PANEL_ROWS 8
+#define QL_CPU_PANEL_ROWS_MAX 16
+static inline int ql__cpu_panel_rows(ql_cpu_isa_t isa) {
+    return isa == QL_CPU_ISA_AVX512VNNI ? 16 : QL_CPU_PANEL_ROWS;
+}
 
-/* How a panel block stores its quants (see ql_cpu_weight_t in cpu.h):
- *   P4  (Q4_0, Q4_1):  4 vectors of 32 bytes; byte (lane r, j) of vector v holds in its
+/* How a panel block of R rows stores its quants (see ql_cpu_weight_t in cpu.h):
+ *   P4  (Q4_0, Q4_1):  4 vectors of 4R bytes; byte (lane r, j) of vector v holds in its
  *                      low nibble u[r][4v+j] and in its high nibble u[r][16+4v+j]
  *   P8U (Q5_0, Q5_1):  8 vectors; byte (r, j) of vector g is u[r][4g+j] (0..31)
  *   P8S (Q8_0, and K-quants requantized to Q8_0): as P8U with signed q[r][4g+j]
- *   then d[8] fp16, and for Q4_1/Q5_1 m[8] fp16.
- * F16 / F32 panels store, for each k, the 8 rows' values (16 or 32 bytes).
+ *   then d[R] fp16, and for Q4_1/Q5_1 m[R] fp16.
+ * F16 / F32 panels store, for each k, the R rows' values.
  * Rows past n_out are zero (d = 0). */
 typedef enum ql_cpu_pack_e {
     QL_CPU_PACK_NONE = 0,
@@ -143,7 +148,12 @@ typedef struct ql__cpu_mm_args_s {
     float ql__cpu_dot_f32_##sfx(const float *a, const float *b, int64_t n);                       \
     float ql__cpu_dot_f16_f32_##sfx(const uint16_t *a, const float *b, int64_t n);                \
     void ql__cpu_axpy_f16_##sfx(float *y, float a, const uint16_t *x, int64_t n);                 \
-    void ql__cpu_f32_to_f16_##sfx(const float *x, uint16_t *y, int64_t n);
+    void ql__cpu_f32_to_f16_##sfx(const float *x, uint16_t *y, int64_t n);                        \
+    void ql__cpu_swiglu_##sfx(float *out, const float *gate, const float *up, int64_t n);          \
+    void ql__cpu_attn_tile_##sfx(const ql_kv_layout_t *kv, const uint16_t *k_pool, const uint16_t *v_pool,   \
+                                 int kv_head, const int32_t *table, int n_q, const int32_t *n_pos,            \
+                                 const float *const *q, float *const *out, int n_group, float scale,          \
+                                 float *scratch, int64_t scratch_stride);
 
 #if defined(__x86_64__) || defined(__i386__)
 #define QL_CPU_HAVE_X86 1
@@ -161,6 +171,9 @@ float ql__cpu_dot_f32_portable(const float *a, const float *b, int64_t n);
 float ql__cpu_dot_f16_f32_portable(const uint16_t *a, const float *b, int64_t n);
 void ql__cpu_axpy_f16_portable(float *y, float a, const uint16_t *x, int64_t n);
 void ql__cpu_f32_to_f16_portable(const float *x, uint16_t *y, int64_t n);
+void ql__cpu_swiglu_portable(float *out, const float *gate, const float *up, int64_t n);
+/** SwiGLU on the ISA's path (the same bits as ql_cpu_swiglu). */
+void ql__cpu_swiglu(ql_cpu_isa_t isa, float *out, const float *gate, const float *up, int64_t n);
 
 /** Loads row-local quants of a 32-block of `type` at `blk` as signed integers w[32] with
  *  x = d·w + m (m = 0 unless the type has a min). */
@@ -169,6 +182,61 @@ void ql__cpu_block_unpack(int type, const void *blk, int8_t w[QL_CPU_QK], float 
 /* ---- attention ---- */
 
 #define QL__CPU_ATTN_GROUP_MAX 32 /* query heads per KV head, at most */
+#define QL__CPU_ATTN_HD_FAST 256  /* head_dim the SIMD attention handles (multiples of 8) */
+#define QL__CPU_ATTN_CHUNK 16     /* keys converted to f32 at a time by the SIMD attention */
+#define QL__CPU_ATTN_TILE 8       /* query tokens of one sequence sharing those conversions */
+
+/* NOTE(expf): e^x as a fixed sequence of IEEE operations, so the scalar code here and the
+ * 8-lane version in cpu/kernels-x86.inc give the same bits (libm's expf differs between
+ * builds and cannot be vectorized): n = rint(x·log2 e), r = x − n·ln2 (two-part ln2, the high
+ * part exact in 16 bits so n·ln2_hi is exact), e^r by its Taylor polynomial of degree 7
+ * (truncation < 5e-9 relative for |r| <= ln2/2) in Horner form with fmas, times 2^n built
+ * in the exponent bits. Checked exhaustively over every float in [-87, 88]: at most 0.94 ulp
+ * from the correctly rounded e^x. Below −87 it returns 0 (e^x < 2^-125), above 88 +inf. */
+#define QL__CPU_EXP_LO (-87.0f)
+#define QL__CPU_EXP_HI 88.0f
+#define QL__CPU_LOG2E 1.44269504088896341f
+#define QL__CPU_LN2_HI 0.693145751953125f
+#define QL__CPU_LN2_LO 1.42860682030941723e-06f
+static inline float ql__cpu_expf(float x) {
+    if (x != x) return x;
+    if (x < QL__CPU_EXP_LO) return 0.0f;
+    if (x > QL__CPU_EXP_HI) return INFINITY;
+    const float n = nearbyintf(x * QL__CPU_LOG2E);
+    float r = fmaf(n, -QL__CPU_LN2_HI, x);
+    r = fmaf(n, -QL__CPU_LN2_LO, r);
+    float p = 1.0f / 5040.0f;
+    p = fmaf(p, r, 1.0f / 720.0f);
+    p = fmaf(p, r, 1.0f / 120.0f);
+    p = fmaf(p, r, 1.0f / 24.0f);
+    p = fmaf(p, r, 1.0f / 6.0f);
+    p = fmaf(p, r, 0.5f);
+    p = fmaf(p, r, 1.0f);
+    p = fmaf(p, r, 1.0f);
+    const int32_t bits = ((int32_t)n + 127) * (1 << 23);
+    float scale;
+    memcpy(&scale, &bits, sizeof(scale));
+    return p * scale;
+}
+
+/* ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)): how 8 partial sums are combined everywhere. */
+static inline float ql__cpu_reduce8(const float l[8]) {
+    return ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
+}
+
+/** Softmax numerators in place over s[0..n): s[j] = e^(s[j] − max) (ql__cpu_expf); returns
+ *  1 / Σ s[j], the sum in 8 partial sums by j mod 8 combined by ql__cpu_reduce8. The SIMD
+ *  attention computes the same bits with vectors. */
+static inline float ql__cpu_softmax_num(float *s, int32_t n) {
+    float mx = -INFINITY;
+    for (int32_t j = 0; j < n; j++) mx = s[j] > mx ? s[j] : mx;
+    float l[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    for (int32_t j = 0; j < n; j++) {
+        s[j] = ql__cpu_expf(s[j] - mx);
+        l[j & 7] += s[j];
+    }
+    return 1.0f / ql__cpu_reduce8(l);
+}
 
 /** Attention of the n_group query heads sharing KV head `kv_head` (q, out: [n_group][head_dim])
  *  over positions 0..n_pos-1 read through `table`. scratch holds n_group · n_pos floats.
@@ -176,6 +244,13 @@ void ql__cpu_block_unpack(int type, const void *blk, int8_t w[QL_CPU_QK], float 
 void ql__cpu_attn_group(ql_cpu_isa_t isa, const ql_kv_layout_t *kv, const uint16_t *k_pool, const uint16_t *v_pool,
                         int kv_head, const int32_t *table, int32_t n_pos, const float *q, float *out, int n_group,
                         float scale, float *scratch);
+/** The same for n_q <= QL__CPU_ATTN_TILE query tokens of one sequence (token u: n_pos[u]
+ *  positions, q[u] and out[u] as above): each token's result has exactly the bits
+ *  ql__cpu_attn_group gives it alone. scratch holds n_q · n_group · scratch_stride floats,
+ *  scratch_stride >= every n_pos[u]. */
+void ql__cpu_attn_tile(ql_cpu_isa_t isa, const ql_kv_layout_t *kv, const uint16_t *k_pool, const uint16_t *v_pool,
+                       int kv_head, const int32_t *table, int n_q, const int32_t *n_pos, const float *const *q,
+                       float *const *out, int n_group, float scale, float *scratch, int64_t scratch_stride);
 
 /* ---- white-box hooks of the backend (tests) ---- */
 

@@ -47,7 +47,7 @@ typedef enum ql_cpu_isa_e {
     QL_CPU_ISA_PORTABLE = 0,   /* plain C */
     QL_CPU_ISA_AVX2 = 1,       /* avx2 fma f16c */
     QL_CPU_ISA_AVXVNNI = 2,    /* + avxvnni */
-    QL_CPU_ISA_AVX512VNNI = 3, /* + avx512vnni avx512vl avx512bw (still 256-bit vectors) */
+    QL_CPU_ISA_AVX512VNNI = 3, /* + avx512f/bw/vl/vnni: 512-bit matmul on 16-row panels */
     QL_CPU_ISA_COUNT = 4,
 } ql_cpu_isa_t;
 
@@ -129,6 +129,7 @@ typedef struct ql_cpu_weight_s {
     const void *_rows;   /* rows in _ktype: data, or _conv */
     size_t _row_bytes;   /* of _rows */
     int _pack;           /* ql_cpu_pack_t */
+    int _panel_rows;     /* rows per panel: 8, or 16 for the 512-bit kernels */
     void *_conv;         /* owned converted rows, or NULL */
     void *_packed;       /* owned panels, or NULL */
     size_t _panel_bytes; /* bytes per panel */
@@ -145,8 +146,9 @@ QL_API void ql_cpu_weight_free(ql_cpu_weight_t *w); /* zeroed or freed: no-op */
 /** 1 when the weight's type reads quantized activations (so x must be quantized). */
 QL_API int ql_cpu_weight_needs_q8(const ql_cpu_weight_t *w);
 
-/** Y[t][r] for all tokens of x and rows [r0, r1) of w, r0 and r1 multiples of 8 (or r1 =
- *  n_out). y is [x->n_tok][ldy]. x must be quantized when ql_cpu_weight_needs_q8(w). */
+/** Y[t][r] for all tokens of x and rows [r0, r1) of w, r0 and r1 multiples of the weight's
+ *  panel height (8, or 16 on the AVX512 path; r1 may be n_out). y is [x->n_tok][ldy]. x must
+ *  be quantized when ql_cpu_weight_needs_q8(w). */
 QL_API void ql_cpu_matmul_rows(const ql_cpu_weight_t *w, const ql_cpu_act_t *x, float *y, int64_t ldy,
                                int64_t r0, int64_t r1);
 /** The rows [*r0, *r1) thread ith of nth computes in ql_cpu_matmul_part(). */
@@ -200,7 +202,8 @@ QL_API void ql_cpu_rope_apply(const ql_rope_params_t *p, const float *cs, float 
 QL_API void ql_cpu_rope(const ql_rope_params_t *p, float *x, const int32_t *pos, int64_t n_tok,
                         int n_head, int head_dim);
 
-/** In place, each row of x [n_rows][n]: x = exp(x − max) / Σ. */
+/** In place, each row of x [n_rows][n]: x = exp(x − max) / Σ (exp: < 1 ulp; Σ in 8 partial
+ *  sums by index mod 8). */
 QL_API void ql_cpu_softmax(float *x, int64_t n_rows, int64_t n);
 /** out[t][i] = silu(gate[t][i]) · up[t][i], silu(g) = g / (1 + exp(−g)). out may alias. */
 QL_API void ql_cpu_swiglu(float *out, const float *gate, const float *up, int64_t n_tok, int64_t n_ff);

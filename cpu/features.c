@@ -102,11 +102,12 @@ int ql_cpu_isa_supported(ql_cpu_isa_t isa) {
 
 ql_cpu_isa_t ql_cpu_isa_default(void) {
     ql_cpu_isa_t best = QL_CPU_ISA_PORTABLE;
-    /* NOTE(isa-order): the EVEX and VEX VNNI paths compute the same bits at the same speed
-     * on CPUs that have both; prefer AVX-VNNI (no EVEX frequency licence questions). */
+    /* NOTE(isa-order): every path computes the same bits; the fastest wins. The 512-bit
+     * AVX512-VNNI matmul (16-row panels) beats the 256-bit VNNI one by 1.3x at one token
+     * and 1.75x at eight on Sapphire Rapids (docs/BENCHMARKS.md). */
     if (ql_cpu_isa_supported(QL_CPU_ISA_AVX2)) best = QL_CPU_ISA_AVX2;
-    if (ql_cpu_isa_supported(QL_CPU_ISA_AVX512VNNI)) best = QL_CPU_ISA_AVX512VNNI;
     if (ql_cpu_isa_supported(QL_CPU_ISA_AVXVNNI)) best = QL_CPU_ISA_AVXVNNI;
+    if (ql_cpu_isa_supported(QL_CPU_ISA_AVX512VNNI)) best = QL_CPU_ISA_AVX512VNNI;
     const char *env = getenv("QL_CPU_ISA");
     if (env && *env) {
         for (int i = 0; i < QL_CPU_ISA_COUNT; i++) {

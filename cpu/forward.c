@@ -76,7 +76,9 @@ typedef struct cpu_backend_s {
     float *cs;   /* [T][n_rot] RoPE cos/sin */
     float *lx;   /* [L][n_embd] normed logits rows */
     void *qact;  /* quantized activations, the largest matmul input */
-    float *scratch; /* [n_threads][n_group][n_ctx_max] attention scores */
+    float *scratch; /* [n_threads][ATTN_TILE][n_group][n_ctx_max] attention scores */
+    int32_t *tiles;  /* [T + 1] attention tiles: first token of each, then n_tokens */
+    int32_t n_tiles;
 
     /* the step in flight */
     const ql_batch_t *b;
@@ -140,7 +142,16 @@ static void forward_task(void *ctx, int ith, int nth) {
     range(T, ith, nth, &t0, &t1);
     ql_cpu_act_t a;
 
-    /* embeddings and RoPE angles */
+    /* embeddings and RoPE angles; attention tiles: runs of up to QL__CPU_ATTN_TILE
+     * consecutive tokens of one sequence, which share their K/V conversions */
+    if (ith == 0) {
+        int32_t n = 0;
+        for (int32_t t = 0; t < b->n_tokens; t++)
+            if (n == 0 || t - be->tiles[n - 1] >= QL__CPU_ATTN_TILE || b->seq_of_token[t] != b->seq_of_token[t - 1])
+                be->tiles[n++] = t;
+        be->tiles[n] = b->n_tokens;
+        be->n_tiles = n;
+    }
     {
         const ql_gguf_tensor_t *te = be->tok_embd;
         int rc = ql_cpu_get_rows(be->x + t0 * E, te->data, te->type, te->ne[1], E, b->tokens + t0, t1 - t0);
@@ -181,20 +192,27 @@ static void forward_task(void *ctx, int ith, int nth) {
             }
         }
         ql_cpu_pool_barrier(pool);
-        /* D */
+        /* D: units (tile, KV head), heaviest (latest) tiles first */
         {
-            float *scratch = be->scratch + (int64_t)ith * be->n_group * be->base.info.n_ctx_max;
-            const int n_units = (int)(T * n_kv);
+            const int64_t stride = be->base.info.n_ctx_max;
+            float *scratch = be->scratch + (int64_t)ith * QL__CPU_ATTN_TILE * be->n_group * stride;
+            const int n_units = be->n_tiles * n_kv;
             for (;;) {
                 const int u = atomic_fetch_add_explicit(&be->unit, 1, memory_order_relaxed);
                 if (u >= n_units) break;
-                const int64_t t = u / n_kv;
-                const int h = u % n_kv;
-                const int32_t s = b->seq_of_token[t];
+                const int tile = (n_units - 1 - u) / n_kv, h = (n_units - 1 - u) % n_kv;
+                const int32_t tt = be->tiles[tile], nq = be->tiles[tile + 1] - tt;
+                const float *qs[QL__CPU_ATTN_TILE];
+                float *os[QL__CPU_ATTN_TILE];
+                int32_t np[QL__CPU_ATTN_TILE];
                 const int64_t off = (int64_t)h * be->n_group * HD;
-                ql__cpu_attn_group(be->isa, kv, kpool, vpool, h, b->block_tables[s], b->pos[t] + 1,
-                                   be->qkv + t * LDQKV + off, be->att + t * QD + off, (int)be->n_group,
-                                   be->attn_scale, scratch);
+                for (int32_t i = 0; i < nq; i++) {
+                    qs[i] = be->qkv + (tt + i) * LDQKV + off;
+                    os[i] = be->att + (tt + i) * QD + off;
+                    np[i] = b->pos[tt + i] + 1;
+                }
+                ql__cpu_attn_tile(be->isa, kv, kpool, vpool, h, b->block_tables[b->seq_of_token[tt]], nq, np, qs, os,
+                                  (int)be->n_group, be->attn_scale, scratch, stride);
             }
         }
         ql_cpu_pool_barrier(pool);
@@ -217,7 +235,7 @@ static void forward_task(void *ctx, int ith, int nth) {
             int64_t r0, r1;
             ql_cpu_matmul_part_rows(&L->wg, ith, nth, &r0, &r1);
             for (int64_t t = 0; t < T; t++)
-                ql_cpu_swiglu(be->ffg + t * F + r0, be->ffg + t * F + r0, be->ffu + t * F + r0, 1, r1 - r0);
+                ql__cpu_swiglu(be->isa, be->ffg + t * F + r0, be->ffg + t * F + r0, be->ffu + t * F + r0, r1 - r0);
         }
         ql_cpu_pool_barrier(pool);
         /* I */
@@ -486,7 +504,8 @@ int ql_cpu_backend_init(const ql_gguf_t *g, const ql_backend_params_t *p, ql_bac
     const size_t o_ffg = carve(&c, T * be->n_ff * fs), o_ffu = carve(&c, T * be->n_ff * fs);
     const size_t o_cs = carve(&c, T * (size_t)be->rope.n_rot * fs), o_lx = carve(&c, Lr * be->n_embd * fs);
     const size_t o_q = carve(&c, ql_cpu_act_bytes(QL_MAX((int64_t)T, (int64_t)Lr), widest));
-    const size_t o_s = carve(&c, (size_t)nth * be->n_group * (size_t)n_ctx * fs);
+    const size_t o_s = carve(&c, (size_t)nth * QL__CPU_ATTN_TILE * be->n_group * (size_t)n_ctx * fs);
+    const size_t o_t = carve(&c, (T + 1) * sizeof(int32_t));
     if (posix_memalign(&be->arena, 64, c.off) != 0) {
         be->arena = NULL;
         rc = QL_ENOMEM;
@@ -503,6 +522,7 @@ int ql_cpu_backend_init(const ql_gguf_t *g, const ql_backend_params_t *p, ql_bac
     be->lx = (float *)(base + o_lx);
     be->qact = base + o_q;
     be->scratch = (float *)(base + o_s);
+    be->tiles = (int32_t *)(base + o_t);
     atomic_init(&be->unit, 0);
 
     ql_backend_info_t *info = &be->base.info;

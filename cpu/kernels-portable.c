@@ -161,3 +161,7 @@ void ql__cpu_axpy_f16_portable(float *y, float a, const uint16_t *x, int64_t n) 
 void ql__cpu_f32_to_f16_portable(const float *x, uint16_t *y, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] = ql__cpu_fp32_to_fp16(x[i]);
 }
+
+void ql__cpu_swiglu_portable(float *out, const float *gate, const float *up, int64_t n) {
+    ql_cpu_swiglu(out, gate, up, 1, n);
+}

@@ -2,9 +2,10 @@
  * cpu/matmul.c — weights prepared for the kernels (panel repacking, conversions),
  * quantized activations, and the ISA dispatch of the matmul and vector helpers.
  *
- * NOTE(repack): for a SIMD path each weight is repacked once at init into panels of 8
- * rows (layout in cpu/cpu-internal.h), so the kernel reads 8 rows' quants for one group of
- * 4 inputs with one load and gets 8 rows' dot products in one register. The quants and
+ * NOTE(repack): for a SIMD path each weight is repacked once at init into panels of 8 rows
+ * (16 for the 512-bit AVX512 kernels; layout in cpu/cpu-internal.h), so the kernel reads
+ * every row's quants for one group of 4 inputs with one load and gets the panel's dot
+ * products in one register. The quants and
  * fp16 scales are copied bit for bit, so the panel computes on the GGUF type as stored;
  * the cost is one copy of the weights in anonymous memory (the mapping's pages are then
  * never touched again and the kernel can drop them). llama.cpp does the same for Q4_0.
@@ -55,6 +56,10 @@ void ql_cpu_axpy_f16(ql_cpu_isa_t isa, float *y, float a, const uint16_t *x, int
 
 void ql_cpu_f32_to_f16(ql_cpu_isa_t isa, const float *x, uint16_t *y, int64_t n) {
     DISPATCH(isa, ql__cpu_f32_to_f16, x, y, n)
+}
+
+void ql__cpu_swiglu(ql_cpu_isa_t isa, float *out, const float *gate, const float *up, int64_t n) {
+    DISPATCH(isa, ql__cpu_swiglu, out, gate, up, n)
 }
 
 /* ---- activations ---- */
@@ -183,29 +188,32 @@ static int pack_of(int ktype) {
     }
 }
 
+/* Panel p of w (R = w->_panel_rows rows), as cpu/cpu-internal.h describes it: for quants,
+ * byte (lane r, j) of vector v sits at offset 4R·v + 4r + j of the block, then R fp16 d
+ * and (with a min) R fp16 m; for f16/f32, R values per k. */
 static void pack_panel(const ql_cpu_weight_t *w, int64_t p, uint8_t *dst) {
-    const int kt = w->_ktype;
+    const int kt = w->_ktype, R = w->_panel_rows;
     const int64_t n_in = w->n_in;
     if (w->_pack == QL_CPU_PACK_F16 || w->_pack == QL_CPU_PACK_F32) {
         const size_t es = w->_pack == QL_CPU_PACK_F16 ? 2 : 4;
-        for (int r = 0; r < QL_CPU_PANEL_ROWS; r++) {
-            const int64_t row = p * QL_CPU_PANEL_ROWS + r;
+        for (int r = 0; r < R; r++) {
+            const int64_t row = p * R + r;
             if (row >= w->n_out) continue; /* stays zero */
             const uint8_t *src = (const uint8_t *)w->_rows + (size_t)row * w->_row_bytes;
-            for (int64_t k = 0; k < n_in; k++) memcpy(dst + (size_t)k * es * QL_CPU_PANEL_ROWS + r * es, src + k * es, es);
+            for (int64_t k = 0; k < n_in; k++) memcpy(dst + (size_t)k * es * R + r * es, src + k * es, es);
         }
         return;
     }
     const int64_t nb = n_in / QL_CPU_QK;
     const size_t bbytes = ql_dtype_block_bytes(kt);
     const int p4 = w->_pack == QL_CPU_PACK_P4;
-    const size_t qbytes = p4 ? 128 : 256;
+    const size_t qbytes = (size_t)(p4 ? 16 : 32) * R;
     const int has_min = ql__cpu_type_has_min(kt);
-    const size_t pbb = qbytes + 16 + (has_min ? 16 : 0);
+    const size_t pbb = qbytes + 2 * R + (has_min ? 2 * R : 0);
     for (int64_t b = 0; b < nb; b++) {
         uint8_t *pb = dst + (size_t)b * pbb;
-        for (int r = 0; r < QL_CPU_PANEL_ROWS; r++) {
-            const int64_t row = p * QL_CPU_PANEL_ROWS + r;
+        for (int r = 0; r < R; r++) {
+            const int64_t row = p * R + r;
             if (row >= w->n_out) continue;
             uint8_t u[QL_CPU_QK];
             uint16_t d, m;
@@ -213,13 +221,13 @@ static void pack_panel(const ql_cpu_weight_t *w, int64_t p, uint8_t *dst) {
             if (p4) {
                 for (int v = 0; v < 4; v++)
                     for (int j = 0; j < 4; j++)
-                        pb[32 * v + 4 * r + j] = (uint8_t)(u[4 * v + j] | (u[16 + 4 * v + j] << 4));
+                        pb[4 * R * v + 4 * r + j] = (uint8_t)(u[4 * v + j] | (u[16 + 4 * v + j] << 4));
             } else {
                 for (int g = 0; g < 8; g++)
-                    for (int j = 0; j < 4; j++) pb[32 * g + 4 * r + j] = u[4 * g + j];
+                    for (int j = 0; j < 4; j++) pb[4 * R * g + 4 * r + j] = u[4 * g + j];
             }
             memcpy(pb + qbytes + 2 * r, &d, 2);
-            if (has_min) memcpy(pb + qbytes + 16 + 2 * r, &m, 2);
+            if (has_min) memcpy(pb + qbytes + 2 * R + 2 * r, &m, 2);
         }
     }
 }
@@ -289,15 +297,17 @@ int ql_cpu_weight_init(ql_cpu_weight_t *w, ql_cpu_isa_t isa, int type, int64_t n
         return QL_EINVAL;
     }
 
-    w->_n_panels = (n_out + QL_CPU_PANEL_ROWS - 1) / QL_CPU_PANEL_ROWS;
+    const int R = ql__cpu_panel_rows(isa);
+    w->_panel_rows = R;
+    w->_n_panels = (n_out + R - 1) / R;
     if (isa == QL_CPU_ISA_PORTABLE) return 0;
     w->_pack = pack_of(w->_ktype);
     switch (w->_pack) {
-    case QL_CPU_PACK_F16: w->_panel_bytes = (size_t)n_in * 16; break;
-    case QL_CPU_PACK_F32: w->_panel_bytes = (size_t)n_in * 32; break;
+    case QL_CPU_PACK_F16: w->_panel_bytes = (size_t)n_in * 2 * R; break;
+    case QL_CPU_PACK_F32: w->_panel_bytes = (size_t)n_in * 4 * R; break;
     default: {
-        const size_t q = w->_pack == QL_CPU_PACK_P4 ? 128 : 256;
-        w->_panel_bytes = (size_t)(n_in / QL_CPU_QK) * (q + 16 + (ql__cpu_type_has_min(w->_ktype) ? 16 : 0));
+        const size_t q = (size_t)(w->_pack == QL_CPU_PACK_P4 ? 16 : 32) * R;
+        w->_panel_bytes = (size_t)(n_in / QL_CPU_QK) * (q + 2 * R + (ql__cpu_type_has_min(w->_ktype) ? 2 * R : 0));
     }
     }
     size_t total;
@@ -328,8 +338,9 @@ void ql_cpu_weight_free(ql_cpu_weight_t *w) {
 void ql_cpu_matmul_rows(const ql_cpu_weight_t *w, const ql_cpu_act_t *x, float *y, int64_t ldy, int64_t r0,
                         int64_t r1) {
     QL_ASSERT(x->n_in == w->n_in);
-    QL_ASSERT(r0 >= 0 && r0 <= r1 && r1 <= w->n_out && r0 % QL_CPU_PANEL_ROWS == 0);
-    QL_ASSERT(r1 % QL_CPU_PANEL_ROWS == 0 || r1 == w->n_out);
+    const int R = w->_panel_rows;
+    QL_ASSERT(r0 >= 0 && r0 <= r1 && r1 <= w->n_out && r0 % R == 0);
+    QL_ASSERT(r1 % R == 0 || r1 == w->n_out);
     if (r0 == r1 || x->n_tok == 0) return;
     if (w->isa == QL_CPU_ISA_PORTABLE) {
         ql__cpu_mm_rows_portable(w, x, y, ldy, r0, r1);
@@ -337,7 +348,7 @@ void ql_cpu_matmul_rows(const ql_cpu_weight_t *w, const ql_cpu_act_t *x, float *
     }
     ql__cpu_mm_args_t a = {
         .w = w, .x = x, .y = y, .ldy = ldy,
-        .p0 = r0 / QL_CPU_PANEL_ROWS, .p1 = (r1 + QL_CPU_PANEL_ROWS - 1) / QL_CPU_PANEL_ROWS,
+        .p0 = r0 / R, .p1 = (r1 + R - 1) / R,
     };
     switch (w->isa) {
 #ifdef QL_CPU_HAVE_X86
@@ -352,8 +363,8 @@ void ql_cpu_matmul_rows(const ql_cpu_weight_t *w, const ql_cpu_act_t *x, float *
 void ql_cpu_matmul_part_rows(const ql_cpu_weight_t *w, int ith, int nth, int64_t *r0, int64_t *r1) {
     const int64_t np = w->_n_panels;
     const int64_t p0 = np * ith / nth, p1 = np * (ith + 1) / nth;
-    *r0 = p0 * QL_CPU_PANEL_ROWS;
-    *r1 = QL_MIN(p1 * QL_CPU_PANEL_ROWS, w->n_out);
+    *r0 = p0 * w->_panel_rows;
+    *r1 = QL_MIN(p1 * w->_panel_rows, w->n_out);
 }
 
 void ql_cpu_matmul_part(const ql_cpu_weight_t *w, const ql_cpu_act_t *x, float *y, int64_t ldy, int ith, int nth) {

@@ -6,7 +6,8 @@
  *
  * Numerics follow ggml where llama.cpp is the golden reference: RMSNorm's mean of squares
  * accumulates in double, RoPE angles are formed by repeated f32 multiplication, silu is
- * x / (1 + e^−x).
+ * x / (1 + e^−x). e^x is ql__cpu_expf (NOTE(expf) in cpu/cpu-internal.h, < 1 ulp), softmax
+ * sums in 8 partial sums (ql__cpu_softmax_num).
  */
 #define QL_LOG_MODULE "cpu"
 #include <stdlib.h>
@@ -81,14 +82,8 @@ void ql_cpu_rope(const ql_rope_params_t *p, float *x, const int32_t *pos, int64_
 void ql_cpu_softmax(float *x, int64_t n_rows, int64_t n) {
     for (int64_t r = 0; r < n_rows; r++) {
         float *xr = x + r * n;
-        float mx = -INFINITY;
-        for (int64_t i = 0; i < n; i++) mx = xr[i] > mx ? xr[i] : mx;
-        float sum = 0.0f;
-        for (int64_t i = 0; i < n; i++) {
-            xr[i] = expf(xr[i] - mx);
-            sum += xr[i];
-        }
-        const float inv = 1.0f / sum;
+        QL_ASSERT(n <= INT32_MAX);
+        const float inv = ql__cpu_softmax_num(xr, (int32_t)n);
         for (int64_t i = 0; i < n; i++) xr[i] *= inv;
     }
 }
@@ -96,7 +91,7 @@ void ql_cpu_softmax(float *x, int64_t n_rows, int64_t n) {
 void ql_cpu_swiglu(float *out, const float *gate, const float *up, int64_t n_tok, int64_t n_ff) {
     for (int64_t i = 0; i < n_tok * n_ff; i++) {
         const float g = gate[i];
-        out[i] = (g / (1.0f + expf(-g))) * up[i];
+        out[i] = (g / (1.0f + ql__cpu_expf(-g))) * up[i];
     }
 }
 
@@ -121,9 +116,11 @@ int ql_cpu_get_rows(float *out, const void *table, int type, int64_t n_rows, int
 
 /* ---- attention over the paged KV cache ---- */
 
-void ql__cpu_attn_group(ql_cpu_isa_t isa, const ql_kv_layout_t *kv, const uint16_t *k_pool, const uint16_t *v_pool,
-                        int kv_head, const int32_t *table, int32_t n_pos, const float *q, float *out, int n_group,
-                        float scale, float *scratch) {
+/* The reference semantics, with the ISA's dot and axpy helpers (which give the same bits on
+ * every path); any head_dim, any group size. */
+static void attn_group_generic(ql_cpu_isa_t isa, const ql_kv_layout_t *kv, const uint16_t *k_pool,
+                               const uint16_t *v_pool, int kv_head, const int32_t *table, int32_t n_pos,
+                               const float *q, float *out, int n_group, float scale, float *scratch) {
     const int hd = kv->head_dim, bs = kv->block_size;
     /* scores[g][j] = (q_g · k_j) · scale */
     for (int32_t j0 = 0; j0 < n_pos; j0 += bs) {
@@ -136,15 +133,7 @@ void ql__cpu_attn_group(ql_cpu_isa_t isa, const ql_kv_layout_t *kv, const uint16
     /* softmax numerators in place; out = Σ_j e_j v_j / Σ_j e_j */
     float inv[QL__CPU_ATTN_GROUP_MAX];
     for (int g = 0; g < n_group; g++) {
-        float *s = scratch + (int64_t)g * n_pos;
-        float mx = -INFINITY;
-        for (int32_t j = 0; j < n_pos; j++) mx = s[j] > mx ? s[j] : mx;
-        float sum = 0.0f;
-        for (int32_t j = 0; j < n_pos; j++) {
-            s[j] = expf(s[j] - mx);
-            sum += s[j];
-        }
-        inv[g] = 1.0f / sum;
+        inv[g] = ql__cpu_softmax_num(scratch + (int64_t)g * n_pos, n_pos);
         memset(out + (int64_t)g * hd, 0, sizeof(float) * (size_t)hd);
     }
     for (int32_t j0 = 0; j0 < n_pos; j0 += bs) {
@@ -156,6 +145,43 @@ void ql__cpu_attn_group(ql_cpu_isa_t isa, const ql_kv_layout_t *kv, const uint16
     }
     for (int g = 0; g < n_group; g++)
         for (int i = 0; i < hd; i++) out[(int64_t)g * hd + i] *= inv[g];
+}
+
+static int attn_fast(const ql_kv_layout_t *kv, int n_group) {
+    return kv->head_dim % 8 == 0 && kv->head_dim <= QL__CPU_ATTN_HD_FAST && n_group <= QL__CPU_ATTN_GROUP_MAX;
+}
+
+void ql__cpu_attn_tile(ql_cpu_isa_t isa, const ql_kv_layout_t *kv, const uint16_t *k_pool, const uint16_t *v_pool,
+                       int kv_head, const int32_t *table, int n_q, const int32_t *n_pos, const float *const *q,
+                       float *const *out, int n_group, float scale, float *scratch, int64_t scratch_stride) {
+    QL_ASSERT(n_q >= 1 && n_q <= QL__CPU_ATTN_TILE);
+#ifdef QL_CPU_HAVE_X86
+    if (attn_fast(kv, n_group)) {
+        switch (isa) {
+        case QL_CPU_ISA_AVX2:
+            ql__cpu_attn_tile_avx2(kv, k_pool, v_pool, kv_head, table, n_q, n_pos, q, out, n_group, scale, scratch,
+                                   scratch_stride);
+            return;
+        case QL_CPU_ISA_AVXVNNI:
+            ql__cpu_attn_tile_avxvnni(kv, k_pool, v_pool, kv_head, table, n_q, n_pos, q, out, n_group, scale, scratch,
+                                      scratch_stride);
+            return;
+        case QL_CPU_ISA_AVX512VNNI:
+            ql__cpu_attn_tile_avx512vnni(kv, k_pool, v_pool, kv_head, table, n_q, n_pos, q, out, n_group, scale,
+                                         scratch, scratch_stride);
+            return;
+        default: break;
+        }
+    }
+#endif
+    for (int u = 0; u < n_q; u++)
+        attn_group_generic(isa, kv, k_pool, v_pool, kv_head, table, n_pos[u], q[u], out[u], n_group, scale, scratch);
+}
+
+void ql__cpu_attn_group(ql_cpu_isa_t isa, const ql_kv_layout_t *kv, const uint16_t *k_pool, const uint16_t *v_pool,
+                        int kv_head, const int32_t *table, int32_t n_pos, const float *q, float *out, int n_group,
+                        float scale, float *scratch) {
+    ql__cpu_attn_tile(isa, kv, k_pool, v_pool, kv_head, table, 1, &n_pos, &q, &out, n_group, scale, scratch, n_pos);
 }
 
 int ql_cpu_attention_ref(const ql_cpu_attn_args_t *a) {

@@ -2,14 +2,17 @@
  * cpu/threadpool.c — the CPU backend's persistent thread pool: n − 1 pthreads plus the
  * caller run each task; a sense-reversing barrier separates the phases of a forward pass.
  *
- * NOTE(pool-wait): waits spin (with `pause`) for a bounded time, then yield or sleep. A
- * decode step's phases are microseconds apart, so spinning is what keeps barriers cheap;
- * but the machine may be shared (or have fewer free cores than threads), where pure
- * spinning would starve the thread everyone waits for, hence the fall-backs. Between
- * runs a worker sleeps on a condition variable after QL_POOL_IDLE_SPIN_NS.
+ * NOTE(pool-wait): waits spin (with `pause`) for a bounded time, then sleep. A decode
+ * step's phases are microseconds apart, so spinning is what keeps barriers cheap; but the
+ * machine may be shared (or have fewer free cores than threads), and a spinning waiter
+ * then holds the core the thread everyone waits for needs: after QL_POOL_BARRIER_SPINS
+ * rounds a barrier waiter sleeps on a futex (Linux; elsewhere it yields), and the last
+ * thread to arrive wakes the sleepers. Between runs a worker sleeps on a condition
+ * variable after QL_POOL_IDLE_SPIN_NS.
  */
 #define QL_LOG_MODULE "cpu"
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -17,6 +20,13 @@
 #include <string.h>
 
 #include "cpu/cpu.h"
+
+#if defined(__linux__)
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#define QL_POOL_HAVE_FUTEX 1
+#endif
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -49,13 +59,33 @@ struct ql_cpu_pool_s {
     ql_pool_line_t run_gen;  /* bumped once per run */
     ql_pool_line_t n_done;   /* workers finished with the current run */
     ql_pool_line_t bar_count;
-    ql_pool_line_t bar_gen;
+    ql_pool_line_t bar_gen;     /* also the futex word barrier sleepers wait on */
+    ql_pool_line_t bar_sleepers;
+    ql_pool_line_t main_sleeping; /* the caller sleeps on n_done */
     atomic_int n_sleeping;
     atomic_int stop;
 
     pthread_mutex_t mu;
     pthread_cond_t cv;
 };
+
+/* Sleeps while *word == val (or returns at once if it already differs). */
+static void wait_word(atomic_uint *word, unsigned val) {
+#ifdef QL_POOL_HAVE_FUTEX
+    syscall(SYS_futex, (unsigned *)word, FUTEX_WAIT_PRIVATE, val, NULL, NULL, 0);
+#else
+    (void)word, (void)val;
+    sched_yield();
+#endif
+}
+
+static void wake_word(atomic_uint *word) {
+#ifdef QL_POOL_HAVE_FUTEX
+    syscall(SYS_futex, (unsigned *)word, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+#else
+    (void)word;
+#endif
+}
 
 static void run_task(ql_cpu_pool_t *p, int ith) {
     p->fn(p->ctx, ith, p->n_threads);
@@ -86,7 +116,8 @@ static void *worker_main(void *arg) {
         if (atomic_load(&p->stop)) break;
         seen = atomic_load_explicit(&p->run_gen.v, memory_order_acquire);
         run_task(p, w->ith);
-        atomic_fetch_add_explicit(&p->n_done.v, 1, memory_order_release);
+        atomic_fetch_add(&p->n_done.v, 1); /* seq_cst: pairs with main_sleeping */
+        if (atomic_load(&p->main_sleeping.v)) wake_word(&p->n_done.v);
     }
     return NULL;
 }
@@ -104,6 +135,8 @@ int ql_cpu_pool_init(int n_threads, ql_cpu_pool_t **out) {
     atomic_init(&p->n_done.v, 0);
     atomic_init(&p->bar_count.v, 0);
     atomic_init(&p->bar_gen.v, 0);
+    atomic_init(&p->bar_sleepers.v, 0);
+    atomic_init(&p->main_sleeping.v, 0);
     atomic_init(&p->n_sleeping, 0);
     atomic_init(&p->stop, 0);
     if (pthread_mutex_init(&p->mu, NULL) != 0) {
@@ -166,10 +199,15 @@ void ql_cpu_pool_run(ql_cpu_pool_t *p, ql_cpu_task_fn fn, void *ctx) {
     }
     run_task(p, 0);
     const unsigned want = (unsigned)p->n_threads - 1;
-    unsigned spins = 0;
-    while (atomic_load_explicit(&p->n_done.v, memory_order_acquire) != want) {
-        cpu_relax();
-        if (++spins > QL_POOL_BARRIER_SPINS) sched_yield();
+    unsigned spins = 0, done;
+    while ((done = atomic_load_explicit(&p->n_done.v, memory_order_acquire)) != want) {
+        if (++spins <= QL_POOL_BARRIER_SPINS) {
+            cpu_relax();
+            continue;
+        }
+        atomic_store(&p->main_sleeping.v, 1);
+        if (atomic_load(&p->n_done.v) == done) wait_word(&p->n_done.v, done);
+        atomic_store(&p->main_sleeping.v, 0);
     }
 }
 
@@ -179,12 +217,18 @@ void ql_cpu_pool_barrier(ql_cpu_pool_t *p) {
     const unsigned gen = atomic_load_explicit(&p->bar_gen.v, memory_order_relaxed);
     if (atomic_fetch_add_explicit(&p->bar_count.v, 1, memory_order_acq_rel) == nth - 1) {
         atomic_store_explicit(&p->bar_count.v, 0, memory_order_relaxed);
-        atomic_fetch_add_explicit(&p->bar_gen.v, 1, memory_order_release);
+        atomic_fetch_add(&p->bar_gen.v, 1); /* seq_cst: pairs with bar_sleepers below */
+        if (atomic_load(&p->bar_sleepers.v) > 0) wake_word(&p->bar_gen.v);
         return;
     }
     unsigned spins = 0;
     while (atomic_load_explicit(&p->bar_gen.v, memory_order_acquire) == gen) {
-        cpu_relax();
-        if (++spins > QL_POOL_BARRIER_SPINS) sched_yield();
+        if (++spins <= QL_POOL_BARRIER_SPINS) {
+            cpu_relax();
+            continue;
+        }
+        atomic_fetch_add(&p->bar_sleepers.v, 1);
+        if (atomic_load(&p->bar_gen.v) == gen) wait_word(&p->bar_gen.v, gen);
+        atomic_fetch_sub(&p->bar_sleepers.v, 1);
     }
 }
