@@ -60,7 +60,7 @@ typedef struct ql_config_s {
 
     /* ---- server ---- */
     char *host;
-    int port;
+    int port;                  /* 0 = any free port */
     ql_strlist_t api_keys;     /* empty = no authentication */
     char *served_model_name;   /* NULL = the model file's base name */
     int max_connections;
@@ -70,6 +70,13 @@ typedef struct ql_config_s {
     int request_timeout_s;     /* 0 = none */
     int idle_timeout_s;        /* keep-alive connection idle limit */
     int shutdown_timeout_s;    /* drain time on SIGTERM */
+    int header_timeout_s;      /* request line + headers must arrive within this */
+    int body_timeout_s;        /* the body must arrive within this after the headers */
+    uint64_t max_request_line_bytes; /* longest request target */
+    uint64_t max_header_bytes; /* request line + header block */
+    int max_headers;           /* header fields per request */
+    uint64_t max_output_bytes; /* queued output per connection before a cut-off */
+    ql_strlist_t cors_origins; /* empty = no CORS; "*" = any origin */
 
     /* ---- engine ---- */
     uint64_t kv_cache_bytes;       /* CPU KV pool size */

@@ -43,9 +43,9 @@ has "$out" "cuda:" "cuda line"
 
 expect 2 "serve --port 99999" -- serve --port 99999
 has "$errf" "--port" "port error names the flag"
-has "$errf" "1..65535" "port error gives the range"
+has "$errf" "0..65535" "port error gives the range"
 one_line "serve --port 99999"
-QUILL_PORT=0 expect 2 "QUILL_PORT=0" -- serve
+QUILL_PORT=70000 expect 2 "QUILL_PORT=70000" -- serve
 has "$errf" "QUILL_PORT" "env error names the variable"
 expect 2 "unknown command" -- frobnicate
 has "$errf" "unknown command 'frobnicate'" "unknown command named"

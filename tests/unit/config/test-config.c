@@ -65,6 +65,13 @@ static void test_defaults(void **state) {
     assert_int_equal(f->c.backend, QL_BACKEND_KIND_AUTO);
     assert_int_equal(f->c.spec_method, QL_SPEC_METHOD_NONE);
     assert_int_equal(f->c.api_keys.n, 0);
+    assert_int_equal(f->c.cors_origins.n, 0);
+    assert_int_equal(f->c.max_header_bytes, 16u << 10);
+    assert_int_equal(f->c.max_request_line_bytes, 8u << 10);
+    assert_int_equal(f->c.max_headers, 64);
+    assert_int_equal(f->c.header_timeout_s, 10);
+    assert_int_equal(f->c.body_timeout_s, 60);
+    assert_int_equal(f->c.max_output_bytes, 4u << 20);
     assert_null(f->c.model);
     assert_int_equal(f->c.seed, -1);
     assert_int_equal(f->c.n_predict, 128);
@@ -162,8 +169,13 @@ typedef struct bad_case_s {
 static void test_refusals(void **state) {
     fixture_t *f = *state;
     static const bad_case_t cases[] = {
-        {QL_CMD_SERVE, {"--port", "99999"}, {NULL}, {"--port", "99999", "1..65535"}},
-        {QL_CMD_SERVE, {"--port", "0"}, {NULL}, {"--port", "out of range", "1..65535"}},
+        {QL_CMD_SERVE, {"--port", "99999"}, {NULL}, {"--port", "99999", "0..65535"}},
+        {QL_CMD_SERVE, {"--port", "-1"}, {NULL}, {"--port", "out of range", "0..65535"}},
+        {QL_CMD_SERVE, {"--max-queue", "0"}, {NULL}, {"--max-queue", "1..1000000"}},
+        {QL_CMD_SERVE, {"--max-header-bytes", "10"}, {NULL}, {"--max-header-bytes", "out of range"}},
+        {QL_CMD_SERVE, {"--max-headers", "0"}, {NULL}, {"--max-headers", "1..10000"}},
+        {QL_CMD_SERVE, {"--header-timeout", "0"}, {NULL}, {"--header-timeout", "1..3600"}},
+        {QL_CMD_SERVE, {"--cors-origins", "a,,b"}, {NULL}, {"--cors-origins", "empty entry"}},
         {QL_CMD_SERVE, {"--port", "80x"}, {NULL}, {"--port", "not an integer"}},
         {QL_CMD_SERVE, {"--port"}, {NULL}, {"--port", "missing value"}},
         {QL_CMD_SERVE, {"--max-num-seqs", "0"}, {NULL}, {"--max-num-seqs", "1..4096"}},
@@ -184,7 +196,7 @@ static void test_refusals(void **state) {
         {QL_CMD_SERVE, {"-z"}, {NULL}, {"unknown flag", "-z"}},
         {QL_CMD_SERVE, {"--prompt", "x"}, {NULL}, {"unknown flag", "--prompt"}},  /* run-only flag */
         {QL_CMD_SERVE, {"stray"}, {NULL}, {"unexpected argument", "stray"}},
-        {QL_CMD_SERVE, {NULL}, {"QUILL_PORT=70000", NULL}, {"QUILL_PORT", "1..65535"}},
+        {QL_CMD_SERVE, {NULL}, {"QUILL_PORT=70000", NULL}, {"QUILL_PORT", "0..65535"}},
         {QL_CMD_SERVE, {NULL}, {"QUILL_MAX_QUEUE=lots", NULL}, {"QUILL_MAX_QUEUE", "not an integer"}},
         {QL_CMD_SERVE, {"--port", "1"}, {"QUILL_BLOCK_SIZE=3", NULL}, {"QUILL_BLOCK_SIZE", "8|16|32|64|128"}},
         {QL_CMD_RUN, {"--temperature", "-1"}, {NULL}, {"--temperature", "0..100"}},
@@ -218,7 +230,7 @@ static void test_file_refusals(void **state) {
         const char *json;
         const char *must[2];
     } cases[] = {
-        {"{\"port\": 99999}", {"key \"port\"", "1..65535"}},
+        {"{\"port\": 99999}", {"key \"port\"", "0..65535"}},
         {"{\"port\": \"eighty\"}", {"key \"port\"", "not an integer"}},
         {"{\"port\": [1]}", {"key \"port\"", "wrong JSON type"}},
         {"{\"host\": 5}", {"key \"host\"", "expected a string"}},
@@ -362,7 +374,7 @@ static void test_help_lists_every_flag(void **state) {
                           "--max-num-seqs", "--max-batched-tokens", "--max-model-len", "--max-queue",
                           "--max-connections", "--request-timeout", "--shutdown-timeout", "--spec-method",
                           "--draft-model", "--num-speculative-tokens", "--log-level", "QUILL_PORT",
-                          "default 8000", "1..65535"};
+                          "default 8000", "0..65535"};
     for (size_t i = 0; i < sizeof(want) / sizeof(*want); i++)
         if (!strstr(buf, want[i])) fail_msg("serve --help lacks %s", want[i]);
     assert_null(strstr(buf, "--prompt"));
