@@ -24,6 +24,7 @@
 #define QL_CPU_INTERNAL_H
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -251,6 +252,15 @@ void ql__cpu_attn_group(ql_cpu_isa_t isa, const ql_kv_layout_t *kv, const uint16
 void ql__cpu_attn_tile(ql_cpu_isa_t isa, const ql_kv_layout_t *kv, const uint16_t *k_pool, const uint16_t *v_pool,
                        int kv_head, const int32_t *table, int n_q, const int32_t *n_pos, const float *const *q,
                        float *const *out, int n_group, float scale, float *scratch, int64_t scratch_stride);
+
+/* ---- waiting (cpu/threadpool.c) ---- */
+
+/** Sleeps while *word == val (Linux futex; elsewhere yields once). May return spuriously. */
+void ql__cpu_futex_wait(atomic_uint *word, unsigned val);
+/** Wakes every thread sleeping on word. */
+void ql__cpu_futex_wake(atomic_uint *word);
+/** One spin-wait pause. */
+void ql__cpu_relax(void);
 
 /* ---- white-box hooks of the backend (tests) ---- */
 

@@ -83,7 +83,9 @@ typedef struct cpu_backend_s {
     /* the step in flight */
     const ql_batch_t *b;
     float *logits;
-    atomic_int unit; /* next attention unit (dynamic split) */
+    struct phase_s *ph;     /* [n_phases] work counters (NOTE(phases)) */
+    int n_phases;
+    atomic_int ph_sleepers; /* threads asleep waiting for a phase */
 } cpu_backend_t;
 
 static void set_err(char *err, size_t errlen, const char *fmt, ...) QL_PRINTF(3, 4);
@@ -95,111 +97,186 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...) {
     va_end(ap);
 }
 
-/* ---- the step ---- */
+/* ---- the step: phases of chunks ---- */
 
-static void range(int64_t n, int ith, int nth, int64_t *a, int64_t *b) {
-    *a = n * ith / nth;
-    *b = n * (ith + 1) / nth;
+/* NOTE(phases): a step is a fixed sequence of phases; each phase is split into chunks
+ * (tokens, weight panels or attention units) that threads claim from a shared counter, and
+ * a thread starts a phase's chunks only once every chunk of the previous phase is done.
+ * Unlike a barrier, this does not wait for every thread to arrive: a thread the OS has
+ * descheduled delays at most the chunk it holds, and the others take its share (on a
+ * shared machine a barrier per phase made a 2-thread decode 5x slower). Which thread
+ * computes a chunk never changes the bits (NOTE(batch-invariance)). */
+
+typedef struct phase_s {
+    _Alignas(64) atomic_int next; /* next chunk to claim */
+    atomic_int done;              /* chunks finished */
+} phase_t;
+
+typedef struct walker_s {
+    cpu_backend_t *be;
+    int p;       /* current phase */
+    int n;       /* its chunks */
+    int prev_n;  /* chunks of the previous phase */
+    int nth;
+} walker_t;
+
+#define QL_PHASE_SPINS 2000 /* pause rounds before a waiter sleeps */
+
+static void phase_wait(cpu_backend_t *be, int p, int n) {
+    atomic_int *d = &be->ph[p].done;
+    int spins = 0, v;
+    while ((v = atomic_load_explicit(d, memory_order_acquire)) < n) {
+        if (++spins <= QL_PHASE_SPINS) {
+            ql__cpu_relax();
+            continue;
+        }
+        atomic_fetch_add(&be->ph_sleepers, 1);
+        if (atomic_load(d) == v) ql__cpu_futex_wait((atomic_uint *)(void *)d, (unsigned)v);
+        atomic_fetch_sub(&be->ph_sleepers, 1);
+    }
 }
 
-/* y[t][r] += bias[r] for the rows this thread computed. */
-static void add_bias(const ql_cpu_weight_t *w, const float *bias, float *y, int64_t ldy, int64_t n_tok, int ith,
+/* Opens the next phase of n chunks once the previous one is complete. */
+static void phase_open(walker_t *w, int n) {
+    if (w->p > 0) phase_wait(w->be, w->p - 1, w->prev_n);
+    w->n = n;
+}
+/* The next chunk for this thread, or -1 when the phase has none left. */
+static int phase_next(walker_t *w) {
+    const int c = atomic_fetch_add_explicit(&w->be->ph[w->p].next, 1, memory_order_relaxed);
+    return c < w->n ? c : -1;
+}
+static void phase_chunk_done(walker_t *w) {
+    cpu_backend_t *be = w->be;
+    if (atomic_fetch_add(&be->ph[w->p].done, 1) + 1 == w->n && atomic_load(&be->ph_sleepers) > 0)
+        ql__cpu_futex_wake((atomic_uint *)(void *)&be->ph[w->p].done);
+}
+static void phase_close(walker_t *w) {
+    w->prev_n = w->n;
+    w->p++;
+}
+#define FOR_CHUNKS(w, n, c) for (int c = (phase_open((w), (n)), phase_next(w)); c >= 0 || (phase_close(w), 0); phase_chunk_done(w), c = phase_next(w))
+
+/* Chunks of a row range [0, n) of `unit`-sized pieces: about 4 per thread. */
+static int64_t chunk_size(int64_t n, int nth) {
+    return QL_MAX((int64_t)1, (n + 4 * nth - 1) / (4 * nth));
+}
+
+/* A matmul phase over several weights (same input): chunk c covers panels of one of them. */
+typedef struct mm_part_s {
+    const ql_cpu_weight_t *w;
+    float *y;
+    int64_t ldy;
+    const float *bias;  /* added to the chunk's rows, or NULL */
+    float *residual;    /* x += y on the chunk's rows, or NULL */
+    int64_t cp;         /* panels per chunk */
+    int n_chunks;
+} mm_part_t;
+
+static void mm_setup(mm_part_t *m, const ql_cpu_weight_t *w, float *y, int64_t ldy, const float *bias, float *residual,
                      int nth) {
-    if (!bias) return;
-    int64_t r0, r1;
-    ql_cpu_matmul_part_rows(w, ith, nth, &r0, &r1);
-    for (int64_t t = 0; t < n_tok; t++)
-        for (int64_t r = r0; r < r1; r++) y[t * ldy + r] += bias[r];
+    m->w = w;
+    m->y = y;
+    m->ldy = ldy;
+    m->bias = bias;
+    m->residual = residual;
+    m->cp = chunk_size(w->_n_panels, nth);
+    m->n_chunks = (int)((w->_n_panels + m->cp - 1) / m->cp);
 }
 
-/* x[t][r] += y[t][r] for the rows (columns of x) this thread computed. */
-static void add_residual(const ql_cpu_weight_t *w, float *x, const float *y, int64_t ld, int64_t n_tok, int ith,
-                         int nth) {
+/* Rows [r0, r1) of chunk c of m. */
+static void mm_rows(const mm_part_t *m, int c, int64_t *r0, int64_t *r1) {
+    const int64_t R = m->w->_panel_rows;
+    *r0 = (int64_t)c * m->cp * R;
+    *r1 = QL_MIN(((int64_t)c + 1) * m->cp * R, m->w->n_out);
+}
+
+static void mm_chunk(const mm_part_t *m, const ql_cpu_act_t *x, int c) {
     int64_t r0, r1;
-    ql_cpu_matmul_part_rows(w, ith, nth, &r0, &r1);
-    for (int64_t t = 0; t < n_tok; t++)
-        for (int64_t r = r0; r < r1; r++) x[t * ld + r] += y[t * ld + r];
+    mm_rows(m, c, &r0, &r1);
+    ql_cpu_matmul_rows(m->w, x, m->y, m->ldy, r0, r1);
+    const int64_t T = x->n_tok;
+    if (m->bias)
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t r = r0; r < r1; r++) m->y[t * m->ldy + r] += m->bias[r];
+    if (m->residual)
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t r = r0; r < r1; r++) m->residual[t * m->ldy + r] += m->y[t * m->ldy + r];
 }
 
 static void norm_quantize(cpu_backend_t *be, ql_cpu_act_t *a, float *dst, const float *src, const int32_t *rows,
-                          const float *g, int64_t n, int ith, int nth) {
-    int64_t t0, t1;
-    range(n, ith, nth, &t0, &t1);
+                          const float *g, int64_t t0, int64_t t1) {
     const int64_t E = be->n_embd;
     for (int64_t t = t0; t < t1; t++) ql_cpu_rmsnorm(dst + t * E, src + (rows ? rows[t] : t) * E, g, 1, E, be->hp.rms_eps);
     if (a->qs) ql_cpu_act_quantize(be->isa, a, t0, t1);
 }
 
 static void forward_task(void *ctx, int ith, int nth) {
+    (void)ith;
     cpu_backend_t *be = ctx;
     const ql_batch_t *b = be->b;
-    ql_cpu_pool_t *pool = be->pool;
     const int64_t T = b->n_tokens, E = be->n_embd, QD = be->q_dim, KVD = be->kv_dim, F = be->n_ff;
     const int64_t HD = be->head_dim, NR = be->rope.n_rot, LDQKV = QD + 2 * KVD;
     const int n_head = (int)be->hp.n_head, n_kv = (int)be->hp.n_head_kv;
     const ql_kv_layout_t *kv = &be->base.info.kv;
-    int64_t t0, t1;
-    range(T, ith, nth, &t0, &t1);
+    const int64_t ct = chunk_size(T, nth); /* tokens per chunk */
+    const int n_tok_chunks = (int)((T + ct - 1) / ct);
+    walker_t w = {.be = be, .nth = nth};
     ql_cpu_act_t a;
+#define TOKENS(c) const int64_t t0 = (int64_t)(c) * ct, t1 = QL_MIN(T, t0 + ct)
 
-    /* embeddings and RoPE angles; attention tiles: runs of up to QL__CPU_ATTN_TILE
-     * consecutive tokens of one sequence, which share their K/V conversions */
-    if (ith == 0) {
-        int32_t n = 0;
-        for (int32_t t = 0; t < b->n_tokens; t++)
-            if (n == 0 || t - be->tiles[n - 1] >= QL__CPU_ATTN_TILE || b->seq_of_token[t] != b->seq_of_token[t - 1])
-                be->tiles[n++] = t;
-        be->tiles[n] = b->n_tokens;
-        be->n_tiles = n;
-    }
-    {
+    /* embeddings and RoPE angles */
+    FOR_CHUNKS(&w, n_tok_chunks, c) {
+        TOKENS(c);
         const ql_gguf_tensor_t *te = be->tok_embd;
         int rc = ql_cpu_get_rows(be->x + t0 * E, te->data, te->type, te->ne[1], E, b->tokens + t0, t1 - t0);
         QL_ASSERT(rc == 0); /* ids and type checked before the run */
         for (int64_t t = t0; t < t1; t++) ql_cpu_rope_cache(&be->rope, b->pos[t], be->cs + t * NR);
     }
-    ql_cpu_pool_barrier(pool);
 
     for (uint32_t l = 0; l < be->hp.n_layer; l++) {
         const layer_t *L = &be->layers[l];
         uint16_t *kpool = be->kv + (int64_t)l * 2 * be->kv_layer_elems;
         uint16_t *vpool = kpool + be->kv_layer_elems;
+        mm_part_t m[3];
 
-        /* A */
+        /* A: x̂ = RMSNorm(x)·g, quantized */
         ql_cpu_act_bind(&a, be->qact, T, E, be->xn, E);
-        norm_quantize(be, &a, be->xn, be->x, NULL, L->attn_norm, T, ith, nth);
-        ql_cpu_pool_barrier(pool);
-        /* B */
-        ql_cpu_matmul_part(&L->wq, &a, be->qkv, LDQKV, ith, nth);
-        ql_cpu_matmul_part(&L->wk, &a, be->qkv + QD, LDQKV, ith, nth);
-        ql_cpu_matmul_part(&L->wv, &a, be->qkv + QD + KVD, LDQKV, ith, nth);
-        add_bias(&L->wq, L->bq, be->qkv, LDQKV, T, ith, nth);
-        add_bias(&L->wk, L->bk, be->qkv + QD, LDQKV, T, ith, nth);
-        add_bias(&L->wv, L->bv, be->qkv + QD + KVD, LDQKV, T, ith, nth);
-        ql_cpu_pool_barrier(pool);
-        /* C */
-        if (ith == 0) atomic_store_explicit(&be->unit, 0, memory_order_relaxed);
-        for (int64_t t = t0; t < t1; t++) {
-            float *q = be->qkv + t * LDQKV, *k = q + QD, *v = k + KVD;
-            ql_cpu_rope_apply(&be->rope, be->cs + t * NR, q, n_head, (int)HD);
-            ql_cpu_rope_apply(&be->rope, be->cs + t * NR, k, n_kv, (int)HD);
-            const int32_t s = b->seq_of_token[t], p = b->pos[t];
-            const int32_t blk = b->block_tables[s][p / kv->block_size], slot = p % kv->block_size;
-            for (int h = 0; h < n_kv; h++) {
-                const int64_t off = ql_kv_offset(kv, blk, h, slot);
-                ql_cpu_f32_to_f16(be->isa, k + h * HD, kpool + off, HD);
-                ql_cpu_f32_to_f16(be->isa, v + h * HD, vpool + off, HD);
+        FOR_CHUNKS(&w, n_tok_chunks, c) {
+            TOKENS(c);
+            norm_quantize(be, &a, be->xn, be->x, NULL, L->attn_norm, t0, t1);
+        }
+        /* B: q, k, v (+ bias) */
+        mm_setup(&m[0], &L->wq, be->qkv, LDQKV, L->bq, NULL, nth);
+        mm_setup(&m[1], &L->wk, be->qkv + QD, LDQKV, L->bk, NULL, nth);
+        mm_setup(&m[2], &L->wv, be->qkv + QD + KVD, LDQKV, L->bv, NULL, nth);
+        FOR_CHUNKS(&w, m[0].n_chunks + m[1].n_chunks + m[2].n_chunks, c) {
+            int i = 0, cc = c;
+            while (cc >= m[i].n_chunks) cc -= m[i++].n_chunks;
+            mm_chunk(&m[i], &a, cc);
+        }
+        /* C: RoPE, K and V into the pages */
+        FOR_CHUNKS(&w, n_tok_chunks, c) {
+            TOKENS(c);
+            for (int64_t t = t0; t < t1; t++) {
+                float *q = be->qkv + t * LDQKV, *k = q + QD, *v = k + KVD;
+                ql_cpu_rope_apply(&be->rope, be->cs + t * NR, q, n_head, (int)HD);
+                ql_cpu_rope_apply(&be->rope, be->cs + t * NR, k, n_kv, (int)HD);
+                const int32_t s = b->seq_of_token[t], p = b->pos[t];
+                const int32_t blk = b->block_tables[s][p / kv->block_size], slot = p % kv->block_size;
+                for (int h = 0; h < n_kv; h++) {
+                    const int64_t off = ql_kv_offset(kv, blk, h, slot);
+                    ql_cpu_f32_to_f16(be->isa, k + h * HD, kpool + off, HD);
+                    ql_cpu_f32_to_f16(be->isa, v + h * HD, vpool + off, HD);
+                }
             }
         }
-        ql_cpu_pool_barrier(pool);
-        /* D: units (tile, KV head), heaviest (latest) tiles first */
+        /* D: attention, units (tile, KV head), heaviest (latest) tiles first */
         {
             const int64_t stride = be->base.info.n_ctx_max;
             float *scratch = be->scratch + (int64_t)ith * QL__CPU_ATTN_TILE * be->n_group * stride;
             const int n_units = be->n_tiles * n_kv;
-            for (;;) {
-                const int u = atomic_fetch_add_explicit(&be->unit, 1, memory_order_relaxed);
-                if (u >= n_units) break;
+            FOR_CHUNKS(&w, n_units, u) {
                 const int tile = (n_units - 1 - u) / n_kv, h = (n_units - 1 - u) % n_kv;
                 const int32_t tt = be->tiles[tile], nq = be->tiles[tile + 1] - tt;
                 const float *qs[QL__CPU_ATTN_TILE];
@@ -215,46 +292,60 @@ static void forward_task(void *ctx, int ith, int nth) {
                                   (int)be->n_group, be->attn_scale, scratch, stride);
             }
         }
-        ql_cpu_pool_barrier(pool);
-        /* E */
+        /* E: quantize the attention output */
         ql_cpu_act_bind(&a, be->qact, T, QD, be->att, QD);
-        if (a.qs) ql_cpu_act_quantize(be->isa, &a, t0, t1);
-        ql_cpu_pool_barrier(pool);
-        /* F */
-        ql_cpu_matmul_part(&L->wo, &a, be->xn, E, ith, nth);
-        add_residual(&L->wo, be->x, be->xn, E, T, ith, nth);
-        ql_cpu_pool_barrier(pool);
-        /* G */
+        FOR_CHUNKS(&w, n_tok_chunks, c) {
+            TOKENS(c);
+            if (a.qs) ql_cpu_act_quantize(be->isa, &a, t0, t1);
+        }
+        /* F: x += o·Woᵀ */
+        mm_setup(&m[0], &L->wo, be->xn, E, NULL, be->x, nth);
+        FOR_CHUNKS(&w, m[0].n_chunks, c) mm_chunk(&m[0], &a, c);
+        /* G: x̂ = RMSNorm(x)·g, quantized */
         ql_cpu_act_bind(&a, be->qact, T, E, be->xn, E);
-        norm_quantize(be, &a, be->xn, be->x, NULL, L->ffn_norm, T, ith, nth);
-        ql_cpu_pool_barrier(pool);
-        /* H */
-        ql_cpu_matmul_part(&L->wg, &a, be->ffg, F, ith, nth);
-        ql_cpu_matmul_part(&L->wu, &a, be->ffu, F, ith, nth);
-        {
+        FOR_CHUNKS(&w, n_tok_chunks, c) {
+            TOKENS(c);
+            norm_quantize(be, &a, be->xn, be->x, NULL, L->ffn_norm, t0, t1);
+        }
+        /* H: h = silu(x̂·Wgᵀ) ⊙ x̂·Wuᵀ, a chunk owning the same rows of both */
+        mm_setup(&m[0], &L->wg, be->ffg, F, NULL, NULL, nth);
+        mm_setup(&m[1], &L->wu, be->ffu, F, NULL, NULL, nth);
+        QL_ASSERT(m[0].n_chunks == m[1].n_chunks);
+        FOR_CHUNKS(&w, m[0].n_chunks, c) {
+            mm_chunk(&m[0], &a, c);
+            mm_chunk(&m[1], &a, c);
             int64_t r0, r1;
-            ql_cpu_matmul_part_rows(&L->wg, ith, nth, &r0, &r1);
+            mm_rows(&m[0], c, &r0, &r1);
             for (int64_t t = 0; t < T; t++)
                 ql__cpu_swiglu(be->isa, be->ffg + t * F + r0, be->ffg + t * F + r0, be->ffu + t * F + r0, r1 - r0);
         }
-        ql_cpu_pool_barrier(pool);
-        /* I */
+        /* I: quantize h */
         ql_cpu_act_bind(&a, be->qact, T, F, be->ffg, F);
-        if (a.qs) ql_cpu_act_quantize(be->isa, &a, t0, t1);
-        ql_cpu_pool_barrier(pool);
-        /* J */
-        ql_cpu_matmul_part(&L->wd, &a, be->xn, E, ith, nth);
-        add_residual(&L->wd, be->x, be->xn, E, T, ith, nth);
-        ql_cpu_pool_barrier(pool);
+        FOR_CHUNKS(&w, n_tok_chunks, c) {
+            TOKENS(c);
+            if (a.qs) ql_cpu_act_quantize(be->isa, &a, t0, t1);
+        }
+        /* J: x += h·Wdᵀ */
+        mm_setup(&m[0], &L->wd, be->xn, E, NULL, be->x, nth);
+        FOR_CHUNKS(&w, m[0].n_chunks, c) mm_chunk(&m[0], &a, c);
     }
 
-    /* logits rows */
+    /* logits rows: final norm, then the head */
     const int64_t NL = b->n_logits;
-    if (NL == 0) return;
-    ql_cpu_act_bind(&a, be->qact, NL, E, be->lx, E);
-    norm_quantize(be, &a, be->lx, be->x, b->logits_rows, be->out_norm, NL, ith, nth);
-    ql_cpu_pool_barrier(pool);
-    ql_cpu_matmul_part(&be->out, &a, be->logits, be->n_vocab, ith, nth);
+    const int64_t cl = chunk_size(NL, nth);
+    ql_cpu_act_bind(&a, be->qact, QL_MAX(NL, (int64_t)1), E, be->lx, E);
+    FOR_CHUNKS(&w, (int)((NL + cl - 1) / cl), c) {
+        const int64_t i0 = (int64_t)c * cl, i1 = QL_MIN(NL, i0 + cl);
+        norm_quantize(be, &a, be->lx, be->x, b->logits_rows, be->out_norm, i0, i1);
+    }
+    if (NL > 0) {
+        a.n_tok = NL;
+        mm_part_t mo;
+        mm_setup(&mo, &be->out, be->logits, be->n_vocab, NULL, NULL, nth);
+        FOR_CHUNKS(&w, mo.n_chunks, c) mm_chunk(&mo, &a, c);
+    }
+    QL_ASSERT(w.p <= be->n_phases);
+#undef TOKENS
 }
 
 static int cpu_forward(ql_backend_t *base, const ql_batch_t *b, float *logits) {
@@ -267,7 +358,19 @@ static int cpu_forward(ql_backend_t *base, const ql_batch_t *b, float *logits) {
     if (b->n_logits > 0 && !logits) return QL_EINVAL;
     be->b = b;
     be->logits = logits;
-    ql_cpu_pool_run(be->pool, forward_task, be);
+    /* attention tiles: runs of up to QL__CPU_ATTN_TILE consecutive tokens of one sequence,
+     * which share their K/V conversions */
+    int32_t n = 0;
+    for (int32_t t = 0; t < b->n_tokens; t++)
+        if (n == 0 || t - be->tiles[n - 1] >= QL__CPU_ATTN_TILE || b->seq_of_token[t] != b->seq_of_token[t - 1])
+            be->tiles[n++] = t;
+    be->tiles[n] = b->n_tokens;
+    be->n_tiles = n;
+    for (int i = 0; i < be->n_phases; i++) {
+        atomic_store_explicit(&be->ph[i].next, 0, memory_order_relaxed);
+        atomic_store_explicit(&be->ph[i].done, 0, memory_order_relaxed);
+    }
+    ql_cpu_pool_run(be->pool, forward_task, be); /* the run's start publishes all of the above */
     be->b = NULL;
     be->logits = NULL;
     return 0;
@@ -506,6 +609,7 @@ int ql_cpu_backend_init(const ql_gguf_t *g, const ql_backend_params_t *p, ql_bac
     const size_t o_q = carve(&c, ql_cpu_act_bytes(QL_MAX((int64_t)T, (int64_t)Lr), widest));
     const size_t o_s = carve(&c, (size_t)nth * QL__CPU_ATTN_TILE * be->n_group * (size_t)n_ctx * fs);
     const size_t o_t = carve(&c, (T + 1) * sizeof(int32_t));
+    const size_t o_ph = carve(&c, (size_t)(3 + 10 * (size_t)hp->n_layer) * 64);
     if (posix_memalign(&be->arena, 64, c.off) != 0) {
         be->arena = NULL;
         rc = QL_ENOMEM;
@@ -523,7 +627,13 @@ int ql_cpu_backend_init(const ql_gguf_t *g, const ql_backend_params_t *p, ql_bac
     be->qact = base + o_q;
     be->scratch = (float *)(base + o_s);
     be->tiles = (int32_t *)(base + o_t);
-    atomic_init(&be->unit, 0);
+    be->n_phases = 3 + 10 * (int)hp->n_layer;
+    be->ph = (struct phase_s *)(base + o_ph);
+    for (int i = 0; i < be->n_phases; i++) {
+        atomic_init(&be->ph[i].next, 0);
+        atomic_init(&be->ph[i].done, 0);
+    }
+    atomic_init(&be->ph_sleepers, 0);
 
     ql_backend_info_t *info = &be->base.info;
     info->name = "cpu";

@@ -19,7 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cpu/cpu.h"
+#include "cpu/cpu-internal.h"
 
 #if defined(__linux__)
 #include <linux/futex.h>
@@ -70,7 +70,7 @@ struct ql_cpu_pool_s {
 };
 
 /* Sleeps while *word == val (or returns at once if it already differs). */
-static void wait_word(atomic_uint *word, unsigned val) {
+void ql__cpu_futex_wait(atomic_uint *word, unsigned val) {
 #ifdef QL_POOL_HAVE_FUTEX
     syscall(SYS_futex, (unsigned *)word, FUTEX_WAIT_PRIVATE, val, NULL, NULL, 0);
 #else
@@ -79,12 +79,16 @@ static void wait_word(atomic_uint *word, unsigned val) {
 #endif
 }
 
-static void wake_word(atomic_uint *word) {
+void ql__cpu_futex_wake(atomic_uint *word) {
 #ifdef QL_POOL_HAVE_FUTEX
     syscall(SYS_futex, (unsigned *)word, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
 #else
     (void)word;
 #endif
+}
+
+void ql__cpu_relax(void) {
+    cpu_relax();
 }
 
 static void run_task(ql_cpu_pool_t *p, int ith) {
@@ -117,7 +121,7 @@ static void *worker_main(void *arg) {
         seen = atomic_load_explicit(&p->run_gen.v, memory_order_acquire);
         run_task(p, w->ith);
         atomic_fetch_add(&p->n_done.v, 1); /* seq_cst: pairs with main_sleeping */
-        if (atomic_load(&p->main_sleeping.v)) wake_word(&p->n_done.v);
+        if (atomic_load(&p->main_sleeping.v)) ql__cpu_futex_wake(&p->n_done.v);
     }
     return NULL;
 }
@@ -206,7 +210,7 @@ void ql_cpu_pool_run(ql_cpu_pool_t *p, ql_cpu_task_fn fn, void *ctx) {
             continue;
         }
         atomic_store(&p->main_sleeping.v, 1);
-        if (atomic_load(&p->n_done.v) == done) wait_word(&p->n_done.v, done);
+        if (atomic_load(&p->n_done.v) == done) ql__cpu_futex_wait(&p->n_done.v, done);
         atomic_store(&p->main_sleeping.v, 0);
     }
 }
@@ -218,7 +222,7 @@ void ql_cpu_pool_barrier(ql_cpu_pool_t *p) {
     if (atomic_fetch_add_explicit(&p->bar_count.v, 1, memory_order_acq_rel) == nth - 1) {
         atomic_store_explicit(&p->bar_count.v, 0, memory_order_relaxed);
         atomic_fetch_add(&p->bar_gen.v, 1); /* seq_cst: pairs with bar_sleepers below */
-        if (atomic_load(&p->bar_sleepers.v) > 0) wake_word(&p->bar_gen.v);
+        if (atomic_load(&p->bar_sleepers.v) > 0) ql__cpu_futex_wake(&p->bar_gen.v);
         return;
     }
     unsigned spins = 0;
@@ -228,7 +232,7 @@ void ql_cpu_pool_barrier(ql_cpu_pool_t *p) {
             continue;
         }
         atomic_fetch_add(&p->bar_sleepers.v, 1);
-        if (atomic_load(&p->bar_gen.v) == gen) wait_word(&p->bar_gen.v, gen);
+        if (atomic_load(&p->bar_gen.v) == gen) ql__cpu_futex_wait(&p->bar_gen.v, gen);
         atomic_fetch_sub(&p->bar_sleepers.v, 1);
     }
 }
