@@ -119,6 +119,13 @@ typedef enum ql_cpu_pack_e {
     QL_CPU_PACK_F32 = 5,
 } ql_cpu_pack_t;
 
+/* NOTE(prefetch): the matmul kernels prefetch panel bytes this far ahead into L2. Weights
+ * larger than the last-level cache stream from DRAM, and the hardware prefetcher alone left
+ * the kernel waiting: 4 KiB ahead made a 144 MB Q4_1 weight 15% faster at one token and 22%
+ * at eight (Sapphire Rapids guest, docs/BENCHMARKS.md); it costs nothing when the weight
+ * sits in cache. */
+#define QL__CPU_PREFETCH 4096
+
 /* Per-type integer offset: the stored u is w + off, so Σ w·a = Σ u·a − off·Σ a. */
 static inline int ql__cpu_type_offset(int type) {
     switch (type) {

@@ -46,6 +46,7 @@ ZINL void ztile_q(const uint8_t *pb, int64_t nb, const int pack, const int off, 
     const __m512i m4 = _mm512_set1_epi8(0x0f);
     const int corr = off + (pack == QL_CPU_PACK_P8S ? 128 : 0);
     for (int64_t b = 0; b < nb; b++, pb += bbytes) {
+        for (int64_t o = 0; o < bbytes; o += 64) _mm_prefetch((const char *)((uintptr_t)pb + QL__CPU_PREFETCH + (uintptr_t)o), _MM_HINT_T1);
         __m512i ia[ZNT_MAX][NC_MAX];
         for (int t = 0; t < nt; t++)
             for (int c = 0; c < nc; c++) ia[t][c] = _mm512_setzero_si512();
