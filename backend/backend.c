@@ -44,7 +44,8 @@ void ql_backend_free(ql_backend_t *be) {
         return QL_EINVAL;                                                                          \
     } while (0)
 
-int ql_batch_validate(const ql_batch_t *b, const ql_backend_info_t *info, char *err, size_t errlen) {
+int ql_batch_validate(const ql_batch_t *b, const ql_backend_info_t *info, char *err,
+                      size_t errlen) {
     if (err && errlen) err[0] = '\0';
     if (!b || !info) FAIL("batch or info is NULL");
     if (b->n_tokens <= 0 || b->n_tokens > info->n_batch_tokens_max)
@@ -53,34 +54,40 @@ int ql_batch_validate(const ql_batch_t *b, const ql_backend_info_t *info, char *
         FAIL("n_seqs %d outside [1, %d]", (int)b->n_seqs, (int)info->n_seqs_max);
     if (b->n_logits < 0 || b->n_logits > info->n_logits_max)
         FAIL("n_logits %d outside [0, %d]", (int)b->n_logits, (int)info->n_logits_max);
-    if (!b->tokens || !b->pos || !b->seq_of_token || !b->block_tables || !b->n_blocks || !b->seq_len ||
-        (b->n_logits > 0 && !b->logits_rows))
+    if (!b->tokens || !b->pos || !b->seq_of_token || !b->block_tables || !b->n_blocks ||
+        !b->seq_len || (b->n_logits > 0 && !b->logits_rows))
         FAIL("a batch array is NULL");
     const int32_t bs = info->kv.block_size;
     for (int32_t s = 0; s < b->n_seqs; s++) {
         int32_t nb = b->n_blocks[s], len = b->seq_len[s];
         if (nb < 0 || (nb > 0 && !b->block_tables[s])) FAIL("sequence %d: bad block table", (int)s);
-        if (len < 0 || len > info->n_ctx_max) FAIL("sequence %d: seq_len %d outside [0, %d]", (int)s, (int)len,
-                                                   (int)info->n_ctx_max);
+        if (len < 0 || len > info->n_ctx_max)
+            FAIL("sequence %d: seq_len %d outside [0, %d]", (int)s, (int)len, (int)info->n_ctx_max);
         if ((int64_t)len > (int64_t)nb * bs)
-            FAIL("sequence %d: seq_len %d needs more than its %d blocks", (int)s, (int)len, (int)nb);
+            FAIL("sequence %d: seq_len %d needs more than its %d blocks", (int)s, (int)len,
+                 (int)nb);
         for (int32_t i = 0; i < nb; i++) {
             int32_t id = b->block_tables[s][i];
             if (id < 0 || id >= info->kv.n_blocks)
-                FAIL("sequence %d: block %d is %d, outside [0, %d)", (int)s, (int)i, (int)id, (int)info->kv.n_blocks);
+                FAIL("sequence %d: block %d is %d, outside [0, %d)", (int)s, (int)i, (int)id,
+                     (int)info->kv.n_blocks);
         }
     }
     for (int32_t t = 0; t < b->n_tokens; t++) {
         int32_t s = b->seq_of_token[t];
-        if (s < 0 || s >= b->n_seqs) FAIL("token %d: sequence %d outside [0, %d)", (int)t, (int)s, (int)b->n_seqs);
+        if (s < 0 || s >= b->n_seqs)
+            FAIL("token %d: sequence %d outside [0, %d)", (int)t, (int)s, (int)b->n_seqs);
         if (b->pos[t] < 0 || b->pos[t] >= b->seq_len[s])
-            FAIL("token %d: position %d outside [0, seq_len %d)", (int)t, (int)b->pos[t], (int)b->seq_len[s]);
+            FAIL("token %d: position %d outside [0, seq_len %d)", (int)t, (int)b->pos[t],
+                 (int)b->seq_len[s]);
         if (b->tokens[t] < 0 || b->tokens[t] >= info->n_vocab)
-            FAIL("token %d: id %d outside the vocabulary [0, %d)", (int)t, (int)b->tokens[t], (int)info->n_vocab);
+            FAIL("token %d: id %d outside the vocabulary [0, %d)", (int)t, (int)b->tokens[t],
+                 (int)info->n_vocab);
     }
     for (int32_t i = 0; i < b->n_logits; i++) {
         int32_t r = b->logits_rows[i];
-        if (r < 0 || r >= b->n_tokens) FAIL("logits row %d is %d, outside [0, %d)", (int)i, (int)r, (int)b->n_tokens);
+        if (r < 0 || r >= b->n_tokens)
+            FAIL("logits row %d is %d, outside [0, %d)", (int)i, (int)r, (int)b->n_tokens);
     }
     return 0;
 }
@@ -117,7 +124,8 @@ int ql_backend_init(const ql_backend_reg_t *r, const char *name, const ql_gguf_t
             return QL_ENOENT;
         }
         if (d->available && !d->available()) {
-            if (err && errlen) snprintf(err, errlen, "backend '%s' cannot run on this machine", name);
+            if (err && errlen)
+                snprintf(err, errlen, "backend '%s' cannot run on this machine", name);
             return QL_ENOENT;
         }
     } else {

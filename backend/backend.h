@@ -47,8 +47,8 @@ typedef struct ql_kv_layout_s {
 } ql_kv_layout_t;
 
 /** Element offset of (block, kv_head, slot, dim 0) inside one layer's K (or V) pool. */
-static inline QL_HOST_DEVICE int64_t ql_kv_offset(const ql_kv_layout_t *l, int32_t block, int32_t kv_head,
-                                                  int32_t slot) {
+static inline QL_HOST_DEVICE int64_t ql_kv_offset(const ql_kv_layout_t *l, int32_t block,
+                                                  int32_t kv_head, int32_t slot) {
     return (((int64_t)block * l->n_kv_head + kv_head) * l->block_size + slot) * l->head_dim;
 }
 /** Elements of one layer's K (or V) pool. */
@@ -57,7 +57,8 @@ static inline QL_HOST_DEVICE int64_t ql_kv_layer_elems(const ql_kv_layout_t *l) 
 }
 /** Bytes one block takes across all layers, K and V, for elements of elem_bytes:
  *  what the scheduler divides its memory budget by. */
-static inline QL_HOST_DEVICE uint64_t ql_kv_block_bytes(const ql_kv_layout_t *l, uint32_t elem_bytes) {
+static inline QL_HOST_DEVICE uint64_t ql_kv_block_bytes(const ql_kv_layout_t *l,
+                                                        uint32_t elem_bytes) {
     return (uint64_t)l->n_layer * 2u * (uint64_t)l->n_kv_head * (uint64_t)l->block_size *
            (uint64_t)l->head_dim * elem_bytes;
 }
@@ -79,9 +80,9 @@ static inline QL_HOST_DEVICE uint64_t ql_kv_block_bytes(const ql_kv_layout_t *l,
  * sequence (causal), including earlier tokens of the same step. */
 typedef struct ql_batch_s {
     int32_t n_tokens;
-    const int32_t *tokens;              /* [n_tokens] token ids */
-    const int32_t *pos;                 /* [n_tokens] position in its sequence */
-    const int32_t *seq_of_token;        /* [n_tokens] index into the per-sequence arrays */
+    const int32_t *tokens;       /* [n_tokens] token ids */
+    const int32_t *pos;          /* [n_tokens] position in its sequence */
+    const int32_t *seq_of_token; /* [n_tokens] index into the per-sequence arrays */
     int32_t n_seqs;
     const int32_t *const *block_tables; /* [n_seqs] -> [n_blocks[s]] physical block ids */
     const int32_t *n_blocks;            /* [n_seqs] entries in each block table */
@@ -141,43 +142,46 @@ struct ql_backend_s {
 
 /* How to build a backend. Zero fields take the documented default. */
 typedef struct ql_backend_params_s {
-    int32_t n_threads;          /* CPU threads; <= 0: all online cores */
-    uint64_t kv_cache_bytes;    /* CPU: KV pool budget; 0: room for n_seqs_max full contexts, capped at 1 GiB */
+    int32_t n_threads;       /* CPU threads; <= 0: all online cores */
+    uint64_t kv_cache_bytes; /* CPU: KV pool budget; 0: room for n_seqs_max full contexts, capped at
+                                1 GiB */
     double gpu_memory_utilization; /* CUDA: fraction of device memory for weights + KV */
-    int32_t block_size;         /* tokens per KV block; 0: 16 */
-    int32_t n_batch_tokens_max; /* 0: 512 */
-    int32_t n_seqs_max;         /* 0: 64 */
-    int32_t n_logits_max;       /* 0: n_batch_tokens_max */
-    int32_t n_ctx_max;          /* 0: the model's context length */
+    int32_t block_size;            /* tokens per KV block; 0: 16 */
+    int32_t n_batch_tokens_max;    /* 0: 512 */
+    int32_t n_seqs_max;            /* 0: 64 */
+    int32_t n_logits_max;          /* 0: n_batch_tokens_max */
+    int32_t n_ctx_max;             /* 0: the model's context length */
 } ql_backend_params_t;
 
 /** Builds a backend for the model in `gguf`, which is borrowed and must outlive the
  *  backend (weights may be used straight from its mapping). On error writes one line into
  *  err. @return 0, QL_EINVAL, QL_EFORMAT (model lacks a tensor or key), QL_EUNSUPPORTED,
  *  QL_ENOMEM, QL_ECUDA. On success *out is owned by the caller: ql_backend_free(). */
-typedef int (*ql_backend_init_fn)(const ql_gguf_t *gguf, const ql_backend_params_t *p, ql_backend_t **out,
-                                  char *err, size_t errlen);
+typedef int (*ql_backend_init_fn)(const ql_gguf_t *gguf, const ql_backend_params_t *p,
+                                  ql_backend_t **out, char *err, size_t errlen);
 
 /* A backend kind, as registered. */
 typedef struct ql_backend_desc_s {
-    const char *name;              /* "cpu", "cuda" */
-    int (*available)(void);        /* 1 when it can run here (a device exists); NULL = always */
+    const char *name;       /* "cpu", "cuda" */
+    int (*available)(void); /* 1 when it can run here (a device exists); NULL = always */
     ql_backend_init_fn init;
 } ql_backend_desc_t;
 
 /* ---- calling a backend (thin wrappers over the ops table) ---- */
 
 QL_API int ql_backend_forward(ql_backend_t *be, const ql_batch_t *b, float *logits);
-QL_API int ql_backend_copy_blocks(ql_backend_t *be, const int32_t *src, const int32_t *dst, int32_t n);
+QL_API int ql_backend_copy_blocks(ql_backend_t *be, const int32_t *src, const int32_t *dst,
+                                  int32_t n);
 /** QL_EUNSUPPORTED when the backend has no device sampling. */
-QL_API int ql_backend_forward_sample(ql_backend_t *be, const ql_batch_t *b, const ql_backend_sampling_t *s,
-                                     int32_t *tokens_out);
+QL_API int ql_backend_forward_sample(ql_backend_t *be, const ql_batch_t *b,
+                                     const ql_backend_sampling_t *s, int32_t *tokens_out);
 QL_API const ql_backend_info_t *ql_backend_info(const ql_backend_t *be);
 QL_API void ql_backend_free(ql_backend_t *be); /* NULL is a no-op */
 
 /** Checks b against the contract above and info. @return 0 or QL_EINVAL, with the reason
  *  in err. Backends call it first; tests and the scheduler may too. */
-QL_API int ql_batch_validate(const ql_batch_t *b, const ql_backend_info_t *info, char *err, size_t errlen);
+QL_API int ql_batch_validate(const ql_batch_t *b, const ql_backend_info_t *info, char *err,
+                             size_t errlen);
 
 /* ---- registry ---- */
 
@@ -198,7 +202,8 @@ QL_API const ql_backend_desc_t *ql_backend_reg_find(const ql_backend_reg_t *r, c
  *  registration order. @return as ql_backend_init_fn, or QL_ENOENT (no such / none
  *  available). */
 QL_API int ql_backend_init(const ql_backend_reg_t *r, const char *name, const ql_gguf_t *gguf,
-                           const ql_backend_params_t *p, ql_backend_t **out, char *err, size_t errlen);
+                           const ql_backend_params_t *p, ql_backend_t **out, char *err,
+                           size_t errlen);
 
 #ifdef __cplusplus
 }

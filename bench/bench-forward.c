@@ -49,7 +49,8 @@ static int parse(int argc, char **argv, opts_t *o) {
     o->model = getenv("QL_DEFAULT_MODEL");
     if (!o->model || !*o->model) {
         const char *home = getenv("HOME");
-        snprintf(def, sizeof(def), "%s/.cache/quill/SmolLM2-135M-Instruct.Q4_1.gguf", home ? home : ".");
+        snprintf(def, sizeof(def), "%s/.cache/quill/SmolLM2-135M-Instruct.Q4_1.gguf",
+                 home ? home : ".");
         o->model = def;
     }
     for (int i = 1; i < argc; i++) {
@@ -60,20 +61,29 @@ static int parse(int argc, char **argv, opts_t *o) {
         }
         if (!v) return -1;
         i++;
-        if (!strcmp(a, "--model") || !strcmp(a, "-m")) o->model = v;
-        else if (!strcmp(a, "--threads") || !strcmp(a, "-t")) o->threads = atoi(v);
-        else if (!strcmp(a, "--pp")) o->pp = atoi(v);
-        else if (!strcmp(a, "--tg")) o->tg = atoi(v);
-        else if (!strcmp(a, "--reps")) o->reps = atoi(v);
-        else if (!strcmp(a, "--block-size")) o->block_size = atoi(v);
+        if (!strcmp(a, "--model") || !strcmp(a, "-m"))
+            o->model = v;
+        else if (!strcmp(a, "--threads") || !strcmp(a, "-t"))
+            o->threads = atoi(v);
+        else if (!strcmp(a, "--pp"))
+            o->pp = atoi(v);
+        else if (!strcmp(a, "--tg"))
+            o->tg = atoi(v);
+        else if (!strcmp(a, "--reps"))
+            o->reps = atoi(v);
+        else if (!strcmp(a, "--block-size"))
+            o->block_size = atoi(v);
         else if (!strcmp(a, "--batch")) {
             o->n_batches = 0;
             for (char *s = (char *)v; *s && o->n_batches < 16;) {
                 o->batches[o->n_batches++] = (int)strtol(s, &s, 10);
-                if (*s == ',') s++;
-                else if (*s) return -1;
+                if (*s == ',')
+                    s++;
+                else if (*s)
+                    return -1;
             }
-        } else return -1;
+        } else
+            return -1;
     }
     if (o->pp < 0 || o->tg < 0 || o->reps < 1 || o->block_size < 1) return -1;
     for (int i = 0; i < o->n_batches; i++)
@@ -116,9 +126,16 @@ static double run_pp(run_t *r, int n) {
     }
     r->seq_len[0] = n;
     r->rows[0] = n - 1;
-    ql_batch_t b = {.n_tokens = n, .tokens = r->tokens, .pos = r->pos, .seq_of_token = r->seq_of, .n_seqs = 1,
-                    .block_tables = r->tables, .n_blocks = r->n_blocks, .seq_len = r->seq_len,
-                    .logits_rows = r->rows, .n_logits = 1};
+    ql_batch_t b = {.n_tokens = n,
+                    .tokens = r->tokens,
+                    .pos = r->pos,
+                    .seq_of_token = r->seq_of,
+                    .n_seqs = 1,
+                    .block_tables = r->tables,
+                    .n_blocks = r->n_blocks,
+                    .seq_len = r->seq_len,
+                    .logits_rows = r->rows,
+                    .n_logits = 1};
     const uint64_t t0 = ql_time_ns();
     int rc = ql_backend_forward(r->be, &b, r->logits);
     const uint64_t t1 = ql_time_ns();
@@ -141,9 +158,16 @@ static double run_tg(run_t *r, int B, int n) {
             r->seq_len[s] = p + 1;
             r->rows[s] = s;
         }
-        ql_batch_t b = {.n_tokens = B, .tokens = r->tokens, .pos = r->pos, .seq_of_token = r->seq_of,
-                        .n_seqs = B, .block_tables = r->tables, .n_blocks = r->n_blocks, .seq_len = r->seq_len,
-                        .logits_rows = r->rows, .n_logits = B};
+        ql_batch_t b = {.n_tokens = B,
+                        .tokens = r->tokens,
+                        .pos = r->pos,
+                        .seq_of_token = r->seq_of,
+                        .n_seqs = B,
+                        .block_tables = r->tables,
+                        .n_blocks = r->n_blocks,
+                        .seq_len = r->seq_len,
+                        .logits_rows = r->rows,
+                        .n_logits = B};
         const uint64_t t0 = ql_time_ns();
         int rc = ql_backend_forward(r->be, &b, r->logits);
         total += ql_time_ns() - t0;
@@ -184,8 +208,12 @@ int main(int argc, char **argv) {
     const int n_tok_max = QL_MAX(QL_MAX(o.pp, bmax), 1);
     const int n_ctx = QL_MAX(QL_MAX(o.pp, o.tg), 1);
     const int per_seq = (n_ctx + o.block_size - 1) / o.block_size;
-    ql_backend_params_t p = {.n_threads = o.threads, .block_size = o.block_size, .n_batch_tokens_max = n_tok_max,
-                             .n_seqs_max = bmax, .n_logits_max = bmax, .n_ctx_max = n_ctx};
+    ql_backend_params_t p = {.n_threads = o.threads,
+                             .block_size = o.block_size,
+                             .n_batch_tokens_max = n_tok_max,
+                             .n_seqs_max = bmax,
+                             .n_logits_max = bmax,
+                             .n_ctx_max = n_ctx};
     /* kv_cache_bytes 0: the pool holds n_seqs_max full contexts (pages touched only as used) */
     ql_backend_t *be = NULL;
     rc = ql_cpu_backend_init(g, &p, &be, err, sizeof(err));
@@ -195,17 +223,20 @@ int main(int argc, char **argv) {
     }
     const ql_backend_info_t *info = ql_backend_info(be);
     if (info->kv.n_blocks < bmax * per_seq) {
-        fprintf(stderr, "bench-forward: KV pool of %d blocks, need %d\n", (int)info->kv.n_blocks, bmax * per_seq);
+        fprintf(stderr, "bench-forward: KV pool of %d blocks, need %d\n", (int)info->kv.n_blocks,
+                bmax * per_seq);
         return 1;
     }
     char feat[128];
     ql_cpu_features_str(ql_cpu_features(), feat, sizeof(feat));
     const char *isa = getenv("QL_CPU_ISA");
     const char *slash = strrchr(o.model, '/');
-    printf("model: %s (%.1f MiB of weights), threads: %d, cpu: %s, kernels: %s%s\n", slash ? slash + 1 : o.model,
-           (double)info->weight_bytes / 1048576.0, o.threads > 0 ? o.threads : ql_cpu_count(), feat,
-           ql_cpu_isa_name(ql_cpu_isa_default()), isa ? " (QL_CPU_ISA)" : "");
-    printf("| test     | batch |        t/s (total) |\n|----------|-------|--------------------|\n");
+    printf("model: %s (%.1f MiB of weights), threads: %d, cpu: %s, kernels: %s%s\n",
+           slash ? slash + 1 : o.model, (double)info->weight_bytes / 1048576.0,
+           o.threads > 0 ? o.threads : ql_cpu_count(), feat, ql_cpu_isa_name(ql_cpu_isa_default()),
+           isa ? " (QL_CPU_ISA)" : "");
+    printf(
+        "| test     | batch |        t/s (total) |\n|----------|-------|--------------------|\n");
     fflush(stdout);
 
     run_t r = {.be = be, .n_vocab = info->n_vocab, .bs = o.block_size, .rng = 1};

@@ -62,7 +62,8 @@ static inline uint16_t ql__cpu_fp32_to_fp16(float f) {
     memcpy(&x, &f, sizeof(x));
     uint32_t sign = (x >> 16) & 0x8000u;
     uint32_t ax = x & 0x7fffffffu;
-    if (ax >= 0x7f800000u) return (uint16_t)(sign | 0x7c00u | (ax > 0x7f800000u ? 0x200u | ((ax >> 13) & 0x3ffu) : 0));
+    if (ax >= 0x7f800000u)
+        return (uint16_t)(sign | 0x7c00u | (ax > 0x7f800000u ? 0x200u | ((ax >> 13) & 0x3ffu) : 0));
     if (ax >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* rounds to >= 65520: inf */
     if (ax < 0x38800000u) {                                   /* below 2^-14: subnormal or 0 */
         if (ax < 0x33000000u) return (uint16_t)sign;          /* < 2^-25: rounds to 0 */
@@ -142,26 +143,26 @@ static inline int ql__cpu_type_has_min(int type) {
 typedef struct ql__cpu_mm_args_s {
     const ql_cpu_weight_t *w;
     const ql_cpu_act_t *x;
-    float *y;        /* [n_tok][ldy] */
+    float *y; /* [n_tok][ldy] */
     int64_t ldy;
-    int64_t p0, p1;  /* panel range */
+    int64_t p0, p1; /* panel range */
 } ql__cpu_mm_args_t;
 
 /* ---- per-ISA kernels (cpu/kernels-x86.inc instantiated by cpu/kernels-*.c) ---- */
 
-#define QL__CPU_DECLARE_ISA(sfx)                                                                  \
-    void ql__cpu_quantize_act_##sfx(const float *x, int64_t n, int8_t *qs, float *d, float *s,    \
-                                    int32_t *sum);                                                \
-    void ql__cpu_mm_panels_##sfx(const ql__cpu_mm_args_t *a);                                     \
-    float ql__cpu_dot_f32_##sfx(const float *a, const float *b, int64_t n);                       \
-    float ql__cpu_dot_f16_f32_##sfx(const uint16_t *a, const float *b, int64_t n);                \
-    void ql__cpu_axpy_f16_##sfx(float *y, float a, const uint16_t *x, int64_t n);                 \
-    void ql__cpu_f32_to_f16_##sfx(const float *x, uint16_t *y, int64_t n);                        \
+#define QL__CPU_DECLARE_ISA(sfx)                                                                   \
+    void ql__cpu_quantize_act_##sfx(const float *x, int64_t n, int8_t *qs, float *d, float *s,     \
+                                    int32_t *sum);                                                 \
+    void ql__cpu_mm_panels_##sfx(const ql__cpu_mm_args_t *a);                                      \
+    float ql__cpu_dot_f32_##sfx(const float *a, const float *b, int64_t n);                        \
+    float ql__cpu_dot_f16_f32_##sfx(const uint16_t *a, const float *b, int64_t n);                 \
+    void ql__cpu_axpy_f16_##sfx(float *y, float a, const uint16_t *x, int64_t n);                  \
+    void ql__cpu_f32_to_f16_##sfx(const float *x, uint16_t *y, int64_t n);                         \
     void ql__cpu_swiglu_##sfx(float *out, const float *gate, const float *up, int64_t n);          \
-    void ql__cpu_attn_tile_##sfx(const ql_kv_layout_t *kv, const uint16_t *k_pool, const uint16_t *v_pool,   \
-                                 int kv_head, const int32_t *table, int n_q, const int32_t *n_pos,            \
-                                 const float *const *q, float *const *out, int n_group, float scale,          \
-                                 float *scratch, int64_t scratch_stride);
+    void ql__cpu_attn_tile_##sfx(                                                                  \
+        const ql_kv_layout_t *kv, const uint16_t *k_pool, const uint16_t *v_pool, int kv_head,     \
+        const int32_t *table, int n_q, const int32_t *n_pos, const float *const *q,                \
+        float *const *out, int n_group, float scale, float *scratch, int64_t scratch_stride);
 
 #if defined(__x86_64__) || defined(__i386__)
 #define QL_CPU_HAVE_X86 1
@@ -173,8 +174,8 @@ QL__CPU_DECLARE_ISA(avx512vnni)
 /* Portable versions (cpu/kernels-portable.c). */
 void ql__cpu_quantize_act_portable(const float *x, int64_t n, int8_t *qs, float *d, float *s,
                                    int32_t *sum);
-void ql__cpu_mm_rows_portable(const ql_cpu_weight_t *w, const ql_cpu_act_t *x, float *y, int64_t ldy,
-                              int64_t r0, int64_t r1);
+void ql__cpu_mm_rows_portable(const ql_cpu_weight_t *w, const ql_cpu_act_t *x, float *y,
+                              int64_t ldy, int64_t r0, int64_t r1);
 float ql__cpu_dot_f32_portable(const float *a, const float *b, int64_t n);
 float ql__cpu_dot_f16_f32_portable(const uint16_t *a, const float *b, int64_t n);
 void ql__cpu_axpy_f16_portable(float *y, float a, const uint16_t *x, int64_t n);
@@ -249,16 +250,17 @@ static inline float ql__cpu_softmax_num(float *s, int32_t n) {
 /** Attention of the n_group query heads sharing KV head `kv_head` (q, out: [n_group][head_dim])
  *  over positions 0..n_pos-1 read through `table`. scratch holds n_group · n_pos floats.
  *  The same bits on every ISA (dot and axpy helpers are exact replicas). */
-void ql__cpu_attn_group(ql_cpu_isa_t isa, const ql_kv_layout_t *kv, const uint16_t *k_pool, const uint16_t *v_pool,
-                        int kv_head, const int32_t *table, int32_t n_pos, const float *q, float *out, int n_group,
-                        float scale, float *scratch);
+void ql__cpu_attn_group(ql_cpu_isa_t isa, const ql_kv_layout_t *kv, const uint16_t *k_pool,
+                        const uint16_t *v_pool, int kv_head, const int32_t *table, int32_t n_pos,
+                        const float *q, float *out, int n_group, float scale, float *scratch);
 /** The same for n_q <= QL__CPU_ATTN_TILE query tokens of one sequence (token u: n_pos[u]
  *  positions, q[u] and out[u] as above): each token's result has exactly the bits
  *  ql__cpu_attn_group gives it alone. scratch holds n_q · n_group · scratch_stride floats,
  *  scratch_stride >= every n_pos[u]. */
-void ql__cpu_attn_tile(ql_cpu_isa_t isa, const ql_kv_layout_t *kv, const uint16_t *k_pool, const uint16_t *v_pool,
-                       int kv_head, const int32_t *table, int n_q, const int32_t *n_pos, const float *const *q,
-                       float *const *out, int n_group, float scale, float *scratch, int64_t scratch_stride);
+void ql__cpu_attn_tile(ql_cpu_isa_t isa, const ql_kv_layout_t *kv, const uint16_t *k_pool,
+                       const uint16_t *v_pool, int kv_head, const int32_t *table, int n_q,
+                       const int32_t *n_pos, const float *const *q, float *const *out, int n_group,
+                       float scale, float *scratch, int64_t scratch_stride);
 
 /* ---- waiting (cpu/threadpool.c) ---- */
 

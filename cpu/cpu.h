@@ -92,12 +92,12 @@ QL_API void ql_cpu_pool_barrier(ql_cpu_pool_t *p);
  * of x/d to an integer (|x − q·d| <= d/2), which is the bound the tests check. */
 typedef struct ql_cpu_act_s {
     int64_t n_tok, n_in;
-    const float *f32;  /* [n_tok][ld_f32], borrowed */
+    const float *f32; /* [n_tok][ld_f32], borrowed */
     int64_t ld_f32;
-    int8_t *qs;        /* [n_tok][n_in] */
-    float *d;          /* [n_tok][n_in / 32] */
-    float *s;          /* [n_tok][n_in / 32] */
-    int32_t *sum;      /* [n_tok][n_in / 32] */
+    int8_t *qs;   /* [n_tok][n_in] */
+    float *d;     /* [n_tok][n_in / 32] */
+    float *s;     /* [n_tok][n_in / 32] */
+    int32_t *sum; /* [n_tok][n_in / 32] */
 } ql_cpu_act_t;
 
 /** Bytes ql_cpu_act_bind() needs for up to n_tok rows of n_in (n_in a multiple of 32 for
@@ -123,7 +123,7 @@ typedef struct ql_cpu_weight_s {
     int64_t n_out;    /* rows (GGUF ne[1]) */
     const void *data; /* [n_out] rows of row_bytes; borrowed */
     size_t row_bytes;
-    int isa;          /* ql_cpu_isa_t the weight was prepared for */
+    int isa; /* ql_cpu_isa_t the weight was prepared for */
     /* private */
     int _ktype;          /* type the kernels compute on */
     const void *_rows;   /* rows in _ktype: data, or _conv */
@@ -149,17 +149,18 @@ QL_API int ql_cpu_weight_needs_q8(const ql_cpu_weight_t *w);
 /** Y[t][r] for all tokens of x and rows [r0, r1) of w, r0 and r1 multiples of the weight's
  *  panel height (8, or 16 on the AVX512 path; r1 may be n_out). y is [x->n_tok][ldy]. x must
  *  be quantized when ql_cpu_weight_needs_q8(w). */
-QL_API void ql_cpu_matmul_rows(const ql_cpu_weight_t *w, const ql_cpu_act_t *x, float *y, int64_t ldy,
-                               int64_t r0, int64_t r1);
+QL_API void ql_cpu_matmul_rows(const ql_cpu_weight_t *w, const ql_cpu_act_t *x, float *y,
+                               int64_t ldy, int64_t r0, int64_t r1);
 /** The rows [*r0, *r1) thread ith of nth computes in ql_cpu_matmul_part(). */
-QL_API void ql_cpu_matmul_part_rows(const ql_cpu_weight_t *w, int ith, int nth, int64_t *r0, int64_t *r1);
+QL_API void ql_cpu_matmul_part_rows(const ql_cpu_weight_t *w, int ith, int nth, int64_t *r0,
+                                    int64_t *r1);
 /** Thread ith of nth takes its share of the rows (in panels): call from a pool task. */
-QL_API void ql_cpu_matmul_part(const ql_cpu_weight_t *w, const ql_cpu_act_t *x, float *y, int64_t ldy,
-                               int ith, int nth);
+QL_API void ql_cpu_matmul_part(const ql_cpu_weight_t *w, const ql_cpu_act_t *x, float *y,
+                               int64_t ldy, int ith, int nth);
 /** Convenience: quantizes (when needed) and runs the matmul on the pool. `qmem` holds
  *  ql_cpu_act_bytes(n_tok, n_in) bytes (64-aligned). */
-QL_API void ql_cpu_matmul(ql_cpu_pool_t *pool, const ql_cpu_weight_t *w, const float *x, int64_t n_tok,
-                          void *qmem, float *y);
+QL_API void ql_cpu_matmul(ql_cpu_pool_t *pool, const ql_cpu_weight_t *w, const float *x,
+                          int64_t n_tok, void *qmem, float *y);
 
 /* ---- vector helpers (dispatch on isa; same bits on every path, see cpu-internal.h) ---- */
 
@@ -206,7 +207,8 @@ QL_API void ql_cpu_rope(const ql_rope_params_t *p, float *x, const int32_t *pos,
  *  sums by index mod 8). */
 QL_API void ql_cpu_softmax(float *x, int64_t n_rows, int64_t n);
 /** out[t][i] = silu(gate[t][i]) · up[t][i], silu(g) = g / (1 + exp(−g)). out may alias. */
-QL_API void ql_cpu_swiglu(float *out, const float *gate, const float *up, int64_t n_tok, int64_t n_ff);
+QL_API void ql_cpu_swiglu(float *out, const float *gate, const float *up, int64_t n_tok,
+                          int64_t n_ff);
 /** out[t] = row ids[t] of table (type `type`, n_rows × dim) dequantized to f32.
  *  @return 0, QL_EINVAL (id out of range: out is left partly written), QL_EUNSUPPORTED. */
 QL_API int ql_cpu_get_rows(float *out, const void *table, int type, int64_t n_rows, int64_t dim,
@@ -227,10 +229,10 @@ typedef struct ql_cpu_attn_args_s {
     float *out;
     int64_t n_tok;
     int n_head;
-    const int32_t *pos;                    /* [n_tok] */
-    const int32_t *seq_of;                 /* [n_tok] */
-    const int32_t *const *block_tables;    /* [n_seqs] */
-    const int32_t *n_blocks;               /* [n_seqs] entries in each table */
+    const int32_t *pos;                 /* [n_tok] */
+    const int32_t *seq_of;              /* [n_tok] */
+    const int32_t *const *block_tables; /* [n_seqs] */
+    const int32_t *n_blocks;            /* [n_seqs] entries in each table */
     int32_t n_seqs;
     float scale;
 } ql_cpu_attn_args_t;
@@ -242,8 +244,8 @@ QL_API int ql_cpu_attention_ref(const ql_cpu_attn_args_t *a);
  *  (borrowed; weights are read from its mapping and repacked, norms used in place),
  *  p->n_threads threads, a KV pool of p->kv_cache_bytes (f16 K and V), buffers for
  *  p->n_batch_tokens_max tokens. The ISA path is ql_cpu_isa_default() (QL_CPU_ISA). */
-QL_API int ql_cpu_backend_init(const ql_gguf_t *gguf, const ql_backend_params_t *p, ql_backend_t **out, char *err,
-                               size_t errlen);
+QL_API int ql_cpu_backend_init(const ql_gguf_t *gguf, const ql_backend_params_t *p,
+                               ql_backend_t **out, char *err, size_t errlen);
 /** Its registry entry ("cpu", always available). */
 QL_API extern const ql_backend_desc_t ql_cpu_backend_desc;
 

@@ -26,8 +26,8 @@ static unsigned detect(void) {
     const int osxsave = (c >> 27) & 1, fma = (c >> 12) & 1, f16c = (c >> 29) & 1;
     if (!osxsave) return 0;
     const uint64_t xcr0 = xgetbv0();
-    const int ymm_os = (xcr0 & 0x6) == 0x6;    /* SSE and AVX state */
-    const int zmm_os = (xcr0 & 0xe6) == 0xe6;  /* + opmask, ZMM_Hi256, Hi16_ZMM */
+    const int ymm_os = (xcr0 & 0x6) == 0x6;   /* SSE and AVX state */
+    const int zmm_os = (xcr0 & 0xe6) == 0xe6; /* + opmask, ZMM_Hi256, Hi16_ZMM */
     if (!ymm_os) return 0;
     if (fma) f |= QL_CPU_FEATURE_FMA;
     if (f16c) f |= QL_CPU_FEATURE_F16C;
@@ -80,7 +80,8 @@ int ql_cpu_count(void) {
 
 /* ---- ISA paths ---- */
 
-static const char *const isa_names[QL_CPU_ISA_COUNT] = {"portable", "avx2", "avxvnni", "avx512vnni"};
+static const char *const isa_names[QL_CPU_ISA_COUNT] = {"portable", "avx2", "avxvnni",
+                                                        "avx512vnni"};
 
 const char *ql_cpu_isa_name(ql_cpu_isa_t isa) {
     return (unsigned)isa < QL_CPU_ISA_COUNT ? isa_names[isa] : "unknown";

@@ -2,9 +2,10 @@
  * cpu/forward.c — the CPU backend: the Llama-family forward pass (llama, qwen2) over a
  * paged KV cache, behind the backend/backend.h ops table.
  *
- * One forward() is one pool run: every thread walks the same layer loop, each phase split
- * across threads (by tokens for per-token work, by weight panels for matmuls, by
- * (token, KV head) units for attention) and separated by barriers:
+ * One forward() is one pool run: every thread walks the same sequence of phases, each split
+ * into chunks the threads claim (tokens for per-token work, weight panels for matmuls,
+ * (query tile, KV head) units for attention); a phase starts once the previous one is done
+ * (NOTE(phases)):
  *
  *   embed + RoPE angles | for each layer:
  *     A  x̂ = RMSNorm(x)·g, quantize           (tokens)
@@ -14,7 +15,7 @@
  *     E  quantize attention output             (tokens)
  *     F  x += o·Woᵀ                            (rows)
  *     G  x̂ = RMSNorm(x)·g, quantize           (tokens)
- *     H  h = silu(x̂·Wgᵀ) ⊙ x̂·Wuᵀ              (rows: a thread owns the same gate/up rows)
+ *     H  h = silu(x̂·Wgᵀ) ⊙ x̂·Wuᵀ              (rows: a chunk owns the same gate/up rows)
  *     I  quantize h                            (tokens)
  *     J  x += h·Wdᵀ                            (rows)
  *   final RMSNorm of the logits rows, quantize | logits = x̂·Woutᵀ (rows)
@@ -54,36 +55,36 @@ typedef struct cpu_backend_s {
     ql_cpu_isa_t isa;
     ql_cpu_pool_t *pool;
     layer_t *layers;
-    ql_cpu_weight_t out;               /* output head (token_embd when tied) */
+    ql_cpu_weight_t out; /* output head (token_embd when tied) */
     const ql_gguf_tensor_t *tok_embd;
     const float *out_norm;
     ql_rope_params_t rope;
     float attn_scale;
     int64_t n_embd, q_dim, kv_dim, n_ff, head_dim, n_group, n_vocab;
 
-    uint16_t *kv;    /* [n_layer][2][n_blocks][n_kv_head][block_size][head_dim] f16 */
+    uint16_t *kv; /* [n_layer][2][n_blocks][n_kv_head][block_size][head_dim] f16 */
     int64_t kv_layer_elems;
     uint8_t *block_mark; /* [n_blocks] scratch for copy_blocks */
 
     /* activations, one allocation; T = n_batch_tokens_max, L = n_logits_max */
     void *arena;
-    float *x;    /* [T][n_embd] residual stream */
-    float *xn;   /* [T][n_embd] normed input / projection output */
-    float *qkv;  /* [T][q_dim + 2 kv_dim] */
-    float *att;  /* [T][q_dim] */
-    float *ffg;  /* [T][n_ff] gate, then silu(gate)·up */
-    float *ffu;  /* [T][n_ff] */
-    float *cs;   /* [T][n_rot] RoPE cos/sin */
-    float *lx;   /* [L][n_embd] normed logits rows */
-    void *qact;  /* quantized activations, the largest matmul input */
+    float *x;       /* [T][n_embd] residual stream */
+    float *xn;      /* [T][n_embd] normed input / projection output */
+    float *qkv;     /* [T][q_dim + 2 kv_dim] */
+    float *att;     /* [T][q_dim] */
+    float *ffg;     /* [T][n_ff] gate, then silu(gate)·up */
+    float *ffu;     /* [T][n_ff] */
+    float *cs;      /* [T][n_rot] RoPE cos/sin */
+    float *lx;      /* [L][n_embd] normed logits rows */
+    void *qact;     /* quantized activations, the largest matmul input */
     float *scratch; /* [n_threads][ATTN_TILE][n_group][n_ctx_max] attention scores */
-    int32_t *tiles;  /* [T + 1] attention tiles: first token of each, then n_tokens */
+    int32_t *tiles; /* [T + 1] attention tiles: first token of each, then n_tokens */
     int32_t n_tiles;
 
     /* the step in flight */
     const ql_batch_t *b;
     float *logits;
-    struct phase_s *ph;     /* [n_phases] work counters (NOTE(phases)) */
+    struct phase_s *ph; /* [n_phases] work counters (NOTE(phases)) */
     int n_phases;
     atomic_int ph_sleepers; /* threads asleep waiting for a phase */
 } cpu_backend_t;
@@ -114,9 +115,9 @@ typedef struct phase_s {
 
 typedef struct walker_s {
     cpu_backend_t *be;
-    int p;       /* current phase */
-    int n;       /* its chunks */
-    int prev_n;  /* chunks of the previous phase */
+    int p;      /* current phase */
+    int n;      /* its chunks */
+    int prev_n; /* chunks of the previous phase */
     int nth;
 } walker_t;
 
@@ -155,7 +156,9 @@ static void phase_close(walker_t *w) {
     w->prev_n = w->n;
     w->p++;
 }
-#define FOR_CHUNKS(w, n, c) for (int c = (phase_open((w), (n)), phase_next(w)); c >= 0 || (phase_close(w), 0); phase_chunk_done(w), c = phase_next(w))
+#define FOR_CHUNKS(w, n, c)                                                                        \
+    for (int c = (phase_open((w), (n)), phase_next(w)); c >= 0 || (phase_close(w), 0);             \
+         phase_chunk_done(w), c = phase_next(w))
 
 /* Chunks of a row range [0, n) of `unit`-sized pieces: about 4 per thread. */
 static int64_t chunk_size(int64_t n, int nth) {
@@ -167,14 +170,14 @@ typedef struct mm_part_s {
     const ql_cpu_weight_t *w;
     float *y;
     int64_t ldy;
-    const float *bias;  /* added to the chunk's rows, or NULL */
-    float *residual;    /* x += y on the chunk's rows, or NULL */
-    int64_t cp;         /* panels per chunk */
+    const float *bias; /* added to the chunk's rows, or NULL */
+    float *residual;   /* x += y on the chunk's rows, or NULL */
+    int64_t cp;        /* panels per chunk */
     int n_chunks;
 } mm_part_t;
 
-static void mm_setup(mm_part_t *m, const ql_cpu_weight_t *w, float *y, int64_t ldy, const float *bias, float *residual,
-                     int nth) {
+static void mm_setup(mm_part_t *m, const ql_cpu_weight_t *w, float *y, int64_t ldy,
+                     const float *bias, float *residual, int nth) {
     m->w = w;
     m->y = y;
     m->ldy = ldy;
@@ -204,10 +207,11 @@ static void mm_chunk(const mm_part_t *m, const ql_cpu_act_t *x, int c) {
             for (int64_t r = r0; r < r1; r++) m->residual[t * m->ldy + r] += m->y[t * m->ldy + r];
 }
 
-static void norm_quantize(cpu_backend_t *be, ql_cpu_act_t *a, float *dst, const float *src, const int32_t *rows,
-                          const float *g, int64_t t0, int64_t t1) {
+static void norm_quantize(cpu_backend_t *be, ql_cpu_act_t *a, float *dst, const float *src,
+                          const int32_t *rows, const float *g, int64_t t0, int64_t t1) {
     const int64_t E = be->n_embd;
-    for (int64_t t = t0; t < t1; t++) ql_cpu_rmsnorm(dst + t * E, src + (rows ? rows[t] : t) * E, g, 1, E, be->hp.rms_eps);
+    for (int64_t t = t0; t < t1; t++)
+        ql_cpu_rmsnorm(dst + t * E, src + (rows ? rows[t] : t) * E, g, 1, E, be->hp.rms_eps);
     if (a->qs) ql_cpu_act_quantize(be->isa, a, t0, t1);
 }
 
@@ -223,13 +227,14 @@ static void forward_task(void *ctx, int ith, int nth) {
     const int n_tok_chunks = (int)((T + ct - 1) / ct);
     walker_t w = {.be = be, .nth = nth};
     ql_cpu_act_t a;
-#define TOKENS(c) const int64_t t0 = (int64_t)(c) * ct, t1 = QL_MIN(T, t0 + ct)
+#define TOKENS(c) const int64_t t0 = (int64_t)(c)*ct, t1 = QL_MIN(T, t0 + ct)
 
     /* embeddings and RoPE angles */
     FOR_CHUNKS(&w, n_tok_chunks, c) {
         TOKENS(c);
         const ql_gguf_tensor_t *te = be->tok_embd;
-        int rc = ql_cpu_get_rows(be->x + t0 * E, te->data, te->type, te->ne[1], E, b->tokens + t0, t1 - t0);
+        int rc = ql_cpu_get_rows(be->x + t0 * E, te->data, te->type, te->ne[1], E, b->tokens + t0,
+                                 t1 - t0);
         QL_ASSERT(rc == 0); /* ids and type checked before the run */
         for (int64_t t = t0; t < t1; t++) ql_cpu_rope_cache(&be->rope, b->pos[t], be->cs + t * NR);
     }
@@ -263,7 +268,8 @@ static void forward_task(void *ctx, int ith, int nth) {
                 ql_cpu_rope_apply(&be->rope, be->cs + t * NR, q, n_head, (int)HD);
                 ql_cpu_rope_apply(&be->rope, be->cs + t * NR, k, n_kv, (int)HD);
                 const int32_t s = b->seq_of_token[t], p = b->pos[t];
-                const int32_t blk = b->block_tables[s][p / kv->block_size], slot = p % kv->block_size;
+                const int32_t blk = b->block_tables[s][p / kv->block_size],
+                              slot = p % kv->block_size;
                 for (int h = 0; h < n_kv; h++) {
                     const int64_t off = ql_kv_offset(kv, blk, h, slot);
                     ql_cpu_f32_to_f16(be->isa, k + h * HD, kpool + off, HD);
@@ -288,7 +294,8 @@ static void forward_task(void *ctx, int ith, int nth) {
                     os[i] = be->att + (tt + i) * QD + off;
                     np[i] = b->pos[tt + i] + 1;
                 }
-                ql__cpu_attn_tile(be->isa, kv, kpool, vpool, h, b->block_tables[b->seq_of_token[tt]], nq, np, qs, os,
+                ql__cpu_attn_tile(be->isa, kv, kpool, vpool, h,
+                                  b->block_tables[b->seq_of_token[tt]], nq, np, qs, os,
                                   (int)be->n_group, be->attn_scale, scratch, stride);
             }
         }
@@ -317,7 +324,8 @@ static void forward_task(void *ctx, int ith, int nth) {
             int64_t r0, r1;
             mm_rows(&m[0], c, &r0, &r1);
             for (int64_t t = 0; t < T; t++)
-                ql__cpu_swiglu(be->isa, be->ffg + t * F + r0, be->ffg + t * F + r0, be->ffu + t * F + r0, r1 - r0);
+                ql__cpu_swiglu(be->isa, be->ffg + t * F + r0, be->ffg + t * F + r0,
+                               be->ffu + t * F + r0, r1 - r0);
         }
         /* I: quantize h */
         ql_cpu_act_bind(&a, be->qact, T, F, be->ffg, F);
@@ -362,7 +370,8 @@ static int cpu_forward(ql_backend_t *base, const ql_batch_t *b, float *logits) {
      * which share their K/V conversions */
     int32_t n = 0;
     for (int32_t t = 0; t < b->n_tokens; t++)
-        if (n == 0 || t - be->tiles[n - 1] >= QL__CPU_ATTN_TILE || b->seq_of_token[t] != b->seq_of_token[t - 1])
+        if (n == 0 || t - be->tiles[n - 1] >= QL__CPU_ATTN_TILE ||
+            b->seq_of_token[t] != b->seq_of_token[t - 1])
             be->tiles[n++] = t;
     be->tiles[n] = b->n_tokens;
     be->n_tiles = n;
@@ -381,7 +390,8 @@ static int cpu_copy_blocks(ql_backend_t *base, const int32_t *src, const int32_t
     const ql_kv_layout_t *kv = &base->info.kv;
     int rc = 0;
     for (int32_t i = 0; i < n; i++) {
-        if (src[i] < 0 || src[i] >= kv->n_blocks || dst[i] < 0 || dst[i] >= kv->n_blocks) return QL_EINVAL;
+        if (src[i] < 0 || src[i] >= kv->n_blocks || dst[i] < 0 || dst[i] >= kv->n_blocks)
+            return QL_EINVAL;
         be->block_mark[src[i]] = 1;
     }
     for (int32_t i = 0; i < n && rc == 0; i++)
@@ -392,7 +402,8 @@ static int cpu_copy_blocks(ql_backend_t *base, const int32_t *src, const int32_t
     for (int64_t l = 0; l < 2 * (int64_t)kv->n_layer; l++) {
         uint16_t *pool = be->kv + l * be->kv_layer_elems;
         for (int32_t i = 0; i < n; i++)
-            memcpy(pool + (size_t)dst[i] * blk_elems, pool + (size_t)src[i] * blk_elems, blk_elems * sizeof(uint16_t));
+            memcpy(pool + (size_t)dst[i] * blk_elems, pool + (size_t)src[i] * blk_elems,
+                   blk_elems * sizeof(uint16_t));
     }
     return 0;
 }
@@ -430,11 +441,13 @@ static const float *f32_data(const ql_gguf_tensor_t *t) {
     return t ? (const float *)t->data : NULL;
 }
 
-static int init_weight(cpu_backend_t *be, ql_cpu_weight_t *w, const ql_gguf_tensor_t *t, char *err, size_t errlen) {
+static int init_weight(cpu_backend_t *be, ql_cpu_weight_t *w, const ql_gguf_tensor_t *t, char *err,
+                       size_t errlen) {
     int rc = ql_cpu_weight_init(w, be->isa, t->type, t->ne[0], t->ne[1], t->data);
     if (rc) {
         set_err(err, errlen, "tensor %.*s (%s, %lld x %lld): %s", (int)t->name.len, t->name.ptr,
-                ql_dtype_name(t->type) ? ql_dtype_name(t->type) : "?", (long long)t->ne[0], (long long)t->ne[1],
+                ql_dtype_name(t->type) ? ql_dtype_name(t->type) : "?", (long long)t->ne[0],
+                (long long)t->ne[1],
                 rc == QL_EUNSUPPORTED ? "type not supported by the CPU backend" : ql_strerror(rc));
     }
     return rc;
@@ -450,8 +463,8 @@ static size_t carve(carve_t *c, size_t bytes) {
     return at;
 }
 
-int ql_cpu_backend_init(const ql_gguf_t *g, const ql_backend_params_t *p, ql_backend_t **out, char *err,
-                        size_t errlen) {
+int ql_cpu_backend_init(const ql_gguf_t *g, const ql_backend_params_t *p, ql_backend_t **out,
+                        char *err, size_t errlen) {
     if (err && errlen) err[0] = '\0';
     if (!g || !p || !out) return QL_EINVAL;
     *out = NULL;
@@ -468,9 +481,10 @@ int ql_cpu_backend_init(const ql_gguf_t *g, const ql_backend_params_t *p, ql_bac
         rc = QL_EUNSUPPORTED;
         goto fail;
     }
-    if (hp->n_head % hp->n_head_kv || hp->n_head / hp->n_head_kv > QL__CPU_ATTN_GROUP_MAX || hp->head_dim % 2) {
-        set_err(err, errlen, "attention shape (%u heads, %u KV heads, head_dim %u) not supported", hp->n_head,
-                hp->n_head_kv, hp->head_dim);
+    if (hp->n_head % hp->n_head_kv || hp->n_head / hp->n_head_kv > QL__CPU_ATTN_GROUP_MAX ||
+        hp->head_dim % 2) {
+        set_err(err, errlen, "attention shape (%u heads, %u KV heads, head_dim %u) not supported",
+                hp->n_head, hp->n_head_kv, hp->head_dim);
         rc = QL_EUNSUPPORTED;
         goto fail;
     }
@@ -482,8 +496,8 @@ int ql_cpu_backend_init(const ql_gguf_t *g, const ql_backend_params_t *p, ql_bac
     const int32_t n_logits_max = p->n_logits_max > 0 ? p->n_logits_max : n_tok_max;
     int64_t n_ctx = p->n_ctx_max > 0 ? p->n_ctx_max : (int64_t)hp->n_ctx_train;
     if (n_ctx <= 0 || n_ctx > INT32_MAX / 2) n_ctx = 4096;
-    if (block_size <= 0 || n_tok_max > (1 << 20) || n_seqs_max > (1 << 20) || n_logits_max > (1 << 20) ||
-        block_size > 4096) {
+    if (block_size <= 0 || n_tok_max > (1 << 20) || n_seqs_max > (1 << 20) ||
+        n_logits_max > (1 << 20) || block_size > 4096) {
         set_err(err, errlen, "backend parameters out of range");
         rc = QL_EINVAL;
         goto fail;
@@ -522,7 +536,8 @@ int ql_cpu_backend_init(const ql_gguf_t *g, const ql_backend_params_t *p, ql_bac
             goto fail;
         }
         const int32_t id0 = 0;
-        rc = ql_cpu_get_rows(row, be->tok_embd->data, be->tok_embd->type, be->tok_embd->ne[1], be->n_embd, &id0, 1);
+        rc = ql_cpu_get_rows(row, be->tok_embd->data, be->tok_embd->type, be->tok_embd->ne[1],
+                             be->n_embd, &id0, 1);
         free(row);
         if (rc) {
             set_err(err, errlen, "token_embd.weight: type %s cannot be gathered",
@@ -553,7 +568,7 @@ int ql_cpu_backend_init(const ql_gguf_t *g, const ql_backend_params_t *p, ql_bac
         L->bq = f32_data(lw->attn_q_bias);
         L->bk = f32_data(lw->attn_k_bias);
         L->bv = f32_data(lw->attn_v_bias);
-        const ql_gguf_tensor_t *ts[] = {lw->attn_q, lw->attn_k, lw->attn_v, lw->attn_output,
+        const ql_gguf_tensor_t *ts[] = {lw->attn_q,   lw->attn_k, lw->attn_v,  lw->attn_output,
                                         lw->ffn_gate, lw->ffn_up, lw->ffn_down};
         ql_cpu_weight_t *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->wg, &L->wu, &L->wd};
         for (size_t i = 0; i < QL_ARRAY_LEN(ts); i++) {
@@ -567,17 +582,24 @@ int ql_cpu_backend_init(const ql_gguf_t *g, const ql_backend_params_t *p, ql_bac
     be->n_vocab = head->ne[1];
 
     /* KV pool */
-    ql_kv_layout_t kv = {.n_layer = (int32_t)hp->n_layer, .n_kv_head = (int32_t)hp->n_head_kv,
-                         .head_dim = (int32_t)hp->head_dim, .block_size = block_size, .n_blocks = 0};
+    ql_kv_layout_t kv = {.n_layer = (int32_t)hp->n_layer,
+                         .n_kv_head = (int32_t)hp->n_head_kv,
+                         .head_dim = (int32_t)hp->head_dim,
+                         .block_size = block_size,
+                         .n_blocks = 0};
     const uint64_t block_bytes = ql_kv_block_bytes(&kv, 2);
-    const uint64_t blocks_per_seq = ((uint64_t)n_ctx + (uint64_t)block_size - 1) / (uint64_t)block_size;
+    const uint64_t blocks_per_seq =
+        ((uint64_t)n_ctx + (uint64_t)block_size - 1) / (uint64_t)block_size;
     uint64_t budget = p->kv_cache_bytes;
-    if (budget == 0) budget = QL_MIN((uint64_t)n_seqs_max * blocks_per_seq * block_bytes, (uint64_t)1 << 30);
+    if (budget == 0)
+        budget = QL_MIN((uint64_t)n_seqs_max * blocks_per_seq * block_bytes, (uint64_t)1 << 30);
     uint64_t n_blocks = budget / block_bytes;
-    n_blocks = QL_MIN(n_blocks, (uint64_t)n_seqs_max * blocks_per_seq); /* more could never be used */
+    n_blocks =
+        QL_MIN(n_blocks, (uint64_t)n_seqs_max * blocks_per_seq); /* more could never be used */
     n_blocks = QL_MIN(n_blocks, (uint64_t)INT32_MAX / 2);
     if (n_blocks == 0) {
-        set_err(err, errlen, "KV cache budget of %llu bytes holds no block (one block is %llu bytes)",
+        set_err(err, errlen,
+                "KV cache budget of %llu bytes holds no block (one block is %llu bytes)",
                 (unsigned long long)budget, (unsigned long long)block_bytes);
         rc = QL_EINVAL;
         goto fail;
@@ -603,11 +625,14 @@ int ql_cpu_backend_init(const ql_gguf_t *g, const ql_backend_params_t *p, ql_bac
     const int64_t widest = QL_MAX(be->n_embd, QL_MAX(be->q_dim, be->n_ff));
     carve_t c = {0};
     const size_t o_x = carve(&c, T * be->n_embd * fs), o_xn = carve(&c, T * be->n_embd * fs);
-    const size_t o_qkv = carve(&c, T * (be->q_dim + 2 * be->kv_dim) * fs), o_att = carve(&c, T * be->q_dim * fs);
+    const size_t o_qkv = carve(&c, T * (be->q_dim + 2 * be->kv_dim) * fs),
+                 o_att = carve(&c, T * be->q_dim * fs);
     const size_t o_ffg = carve(&c, T * be->n_ff * fs), o_ffu = carve(&c, T * be->n_ff * fs);
-    const size_t o_cs = carve(&c, T * (size_t)be->rope.n_rot * fs), o_lx = carve(&c, Lr * be->n_embd * fs);
+    const size_t o_cs = carve(&c, T * (size_t)be->rope.n_rot * fs),
+                 o_lx = carve(&c, Lr * be->n_embd * fs);
     const size_t o_q = carve(&c, ql_cpu_act_bytes(QL_MAX((int64_t)T, (int64_t)Lr), widest));
-    const size_t o_s = carve(&c, (size_t)nth * QL__CPU_ATTN_TILE * be->n_group * (size_t)n_ctx * fs);
+    const size_t o_s =
+        carve(&c, (size_t)nth * QL__CPU_ATTN_TILE * be->n_group * (size_t)n_ctx * fs);
     const size_t o_t = carve(&c, (T + 1) * sizeof(int32_t));
     const size_t o_ph = carve(&c, (size_t)(3 + 10 * (size_t)hp->n_layer) * 64);
     if (posix_memalign(&be->arena, 64, c.off) != 0) {
@@ -647,13 +672,15 @@ int ql_cpu_backend_init(const ql_gguf_t *g, const ql_backend_params_t *p, ql_bac
     info->kv_bytes = kv_bytes;
     info->weight_bytes = weight_bytes;
     if (be->n_vocab != (int64_t)hp->n_vocab) {
-        set_err(err, errlen, "output head has %lld rows, vocabulary %u", (long long)be->n_vocab, hp->n_vocab);
+        set_err(err, errlen, "output head has %lld rows, vocabulary %u", (long long)be->n_vocab,
+                hp->n_vocab);
         rc = QL_EFORMAT;
         goto fail;
     }
-    QL_LOG_INFO("cpu backend: %s, %d threads, KV %d blocks of %d tokens (%.1f MiB), batch %d tokens",
-                ql_cpu_isa_name(be->isa), nth, (int)kv.n_blocks, (int)block_size, (double)kv_bytes / 1048576.0,
-                (int)n_tok_max);
+    QL_LOG_INFO(
+        "cpu backend: %s, %d threads, KV %d blocks of %d tokens (%.1f MiB), batch %d tokens",
+        ql_cpu_isa_name(be->isa), nth, (int)kv.n_blocks, (int)block_size,
+        (double)kv_bytes / 1048576.0, (int)n_tok_max);
     *out = &be->base;
     return 0;
 fail:
@@ -665,7 +692,8 @@ static int cpu_available(void) {
     return 1;
 }
 
-const ql_backend_desc_t ql_cpu_backend_desc = {.name = "cpu", .available = cpu_available, .init = ql_cpu_backend_init};
+const ql_backend_desc_t ql_cpu_backend_desc = {
+    .name = "cpu", .available = cpu_available, .init = ql_cpu_backend_init};
 
 /* ---- white-box hooks for tests ---- */
 

@@ -1,5 +1,6 @@
 /*
- * cpu/kernels-avx2.c — the SIMD kernels of cpu/kernels-x86.inc for AVX2 with FMA and F16C; products by maddubs + madd.
+ * cpu/kernels-avx2.c — the SIMD kernels of cpu/kernels-x86.inc for AVX2 with FMA and F16C;
+ * products by maddubs + madd.
  */
 #if defined(__x86_64__) || defined(__i386__)
 #define QL_K_TARGET "avx2,fma,f16c"

@@ -22,9 +22,9 @@
 #define ZTOKEN_CHUNK 64 /* tokens whose activations stay in cache while panels stream by */
 
 typedef struct ztok_s {
-    const int8_t *q;     /* [n_in] */
-    const float *d, *s;  /* [nb] */
-    const int32_t *sum;  /* [nb] */
+    const int8_t *q;    /* [n_in] */
+    const float *d, *s; /* [nb] */
+    const int32_t *sum; /* [nb] */
 } ztok_t;
 
 ZINL __m512i zbcast4(const int8_t *p) {
@@ -46,7 +46,9 @@ ZINL void ztile_q(const uint8_t *pb, int64_t nb, const int pack, const int off, 
     const __m512i m4 = _mm512_set1_epi8(0x0f);
     const int corr = off + (pack == QL_CPU_PACK_P8S ? 128 : 0);
     for (int64_t b = 0; b < nb; b++, pb += bbytes) {
-        for (int64_t o = 0; o < bbytes; o += 64) _mm_prefetch((const char *)((uintptr_t)pb + QL__CPU_PREFETCH + (uintptr_t)o), _MM_HINT_T1);
+        for (int64_t o = 0; o < bbytes; o += 64)
+            _mm_prefetch((const char *)((uintptr_t)pb + QL__CPU_PREFETCH + (uintptr_t)o),
+                         _MM_HINT_T1);
         __m512i ia[ZNT_MAX][NC_MAX];
         for (int t = 0; t < nt; t++)
             for (int c = 0; c < nc; c++) ia[t][c] = _mm512_setzero_si512();
@@ -66,9 +68,11 @@ ZINL void ztile_q(const uint8_t *pb, int64_t nb, const int pack, const int off, 
             for (int g = 0; g < 8; g++) {
                 __m512i wv = _mm512_loadu_si512((const void *)(pb + 64 * g));
                 /* P8S: u = w + 128 in [0, 255] (vpdpbusd does not saturate) */
-                if (pack == QL_CPU_PACK_P8S) wv = _mm512_xor_si512(wv, _mm512_set1_epi8((char)0x80));
+                if (pack == QL_CPU_PACK_P8S)
+                    wv = _mm512_xor_si512(wv, _mm512_set1_epi8((char)0x80));
                 for (int t = 0; t < nt; t++)
-                    ia[t][g % nc] = _mm512_dpbusd_epi32(ia[t][g % nc], wv, zbcast4(tk[t].q + b * QL_CPU_QK + 4 * g));
+                    ia[t][g % nc] = _mm512_dpbusd_epi32(ia[t][g % nc], wv,
+                                                        zbcast4(tk[t].q + b * QL_CPU_QK + 4 * g));
             }
         }
         const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(pb + qbytes)));
@@ -87,8 +91,8 @@ ZINL void ztile_q(const uint8_t *pb, int64_t nb, const int pack, const int off, 
 }
 
 /* One 16-row panel against nt tokens, f16/f32 weights: 4 accumulators per token by k mod 4. */
-ZINL void ztile_f(const uint8_t *pb, int64_t n_in, const int is16, const float *const *xt, const int nt,
-                  __m512 *out) {
+ZINL void ztile_f(const uint8_t *pb, int64_t n_in, const int is16, const float *const *xt,
+                  const int nt, __m512 *out) {
     __m512 acc[ZNT_MAX_F][4];
     for (int t = 0; t < nt; t++)
         for (int j = 0; j < 4; j++) acc[t][j] = _mm512_setzero_ps();
@@ -97,17 +101,22 @@ ZINL void ztile_f(const uint8_t *pb, int64_t n_in, const int is16, const float *
     for (; k + 4 <= n_in; k += 4) {
         for (int j = 0; j < 4; j++) {
             const uint8_t *p = pb + (k + j) * kstride;
-            const __m512 w = is16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)) : _mm512_loadu_ps(p);
-            for (int t = 0; t < nt; t++) acc[t][j] = _mm512_fmadd_ps(w, _mm512_set1_ps(xt[t][k + j]), acc[t][j]);
+            const __m512 w =
+                is16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)) : _mm512_loadu_ps(p);
+            for (int t = 0; t < nt; t++)
+                acc[t][j] = _mm512_fmadd_ps(w, _mm512_set1_ps(xt[t][k + j]), acc[t][j]);
         }
     }
     for (; k < n_in; k++) {
         const uint8_t *p = pb + k * kstride;
-        const __m512 w = is16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)) : _mm512_loadu_ps(p);
-        for (int t = 0; t < nt; t++) acc[t][k & 3] = _mm512_fmadd_ps(w, _mm512_set1_ps(xt[t][k]), acc[t][k & 3]);
+        const __m512 w =
+            is16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)) : _mm512_loadu_ps(p);
+        for (int t = 0; t < nt; t++)
+            acc[t][k & 3] = _mm512_fmadd_ps(w, _mm512_set1_ps(xt[t][k]), acc[t][k & 3]);
     }
     for (int t = 0; t < nt; t++)
-        out[t] = _mm512_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]), _mm512_add_ps(acc[t][2], acc[t][3]));
+        out[t] =
+            _mm512_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]), _mm512_add_ps(acc[t][2], acc[t][3]));
 }
 
 #define ZTILE_Q_NT(pack, off, hm)                                                                  \
@@ -174,8 +183,10 @@ ZATTR void ql__cpu_mm_panels_avx512vnni(const ql__cpu_mm_args_t *a) {
                 }
                 for (int t = 0; t < nt; t++) {
                     float *yr = a->y + (t0 + t) * a->ldy + row0;
-                    if (nvalid == ZROWS) _mm512_storeu_ps(yr, out[t]);
-                    else _mm512_mask_storeu_ps(yr, mask, out[t]);
+                    if (nvalid == ZROWS)
+                        _mm512_storeu_ps(yr, out[t]);
+                    else
+                        _mm512_mask_storeu_ps(yr, mask, out[t]);
                 }
             }
         }

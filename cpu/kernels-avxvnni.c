@@ -1,5 +1,6 @@
 /*
- * cpu/kernels-avxvnni.c — the SIMD kernels of cpu/kernels-x86.inc for AVX-VNNI (VEX vpdpbusd): Alder Lake, Sapphire Rapids and later.
+ * cpu/kernels-avxvnni.c — the SIMD kernels of cpu/kernels-x86.inc for AVX-VNNI (VEX vpdpbusd):
+ * Alder Lake, Sapphire Rapids and later.
  */
 #if defined(__x86_64__) || defined(__i386__)
 #define QL_K_TARGET "avx2,fma,f16c,avxvnni"

@@ -13,7 +13,8 @@
 
 /* ---- activation quantization ---- */
 
-void ql__cpu_quantize_act_portable(const float *x, int64_t n, int8_t *qs, float *d, float *s, int32_t *sum) {
+void ql__cpu_quantize_act_portable(const float *x, int64_t n, int8_t *qs, float *d, float *s,
+                                   int32_t *sum) {
     for (int64_t b = 0; b < n / QL_CPU_QK; b++) {
         const float *xb = x + b * QL_CPU_QK;
         float amax = 0.0f;
@@ -85,8 +86,7 @@ void ql__cpu_block_unpack(int type, const void *blk, int8_t w[QL_CPU_QK], float 
         *d = ql__cpu_fp16_load(p);
         memcpy(w, p + 2, QL_CPU_QK);
         break;
-    default:
-        QL_ASSERT(!"block type without a kernel");
+    default: QL_ASSERT(!"block type without a kernel");
     }
 }
 
@@ -97,8 +97,8 @@ static float row_value_f(int type, const void *row, int64_t k) {
     return ((const float *)row)[k];
 }
 
-void ql__cpu_mm_rows_portable(const ql_cpu_weight_t *w, const ql_cpu_act_t *x, float *y, int64_t ldy, int64_t r0,
-                              int64_t r1) {
+void ql__cpu_mm_rows_portable(const ql_cpu_weight_t *w, const ql_cpu_act_t *x, float *y,
+                              int64_t ldy, int64_t r0, int64_t r1) {
     const int kt = w->_ktype;
     const int64_t n_in = w->n_in;
     if (kt == QL_DTYPE_F32 || kt == QL_DTYPE_F16) {
@@ -107,7 +107,8 @@ void ql__cpu_mm_rows_portable(const ql_cpu_weight_t *w, const ql_cpu_act_t *x, f
             for (int64_t t = 0; t < x->n_tok; t++) {
                 const float *xt = x->f32 + t * x->ld_f32;
                 float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-                for (int64_t k = 0; k < n_in; k++) s[k & 3] = fmaf(row_value_f(kt, row, k), xt[k], s[k & 3]);
+                for (int64_t k = 0; k < n_in; k++)
+                    s[k & 3] = fmaf(row_value_f(kt, row, k), xt[k], s[k & 3]);
                 y[t * ldy + r] = (s[0] + s[1]) + (s[2] + s[3]);
             }
         }

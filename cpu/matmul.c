@@ -74,7 +74,8 @@ size_t ql_cpu_act_bytes(int64_t n_tok, int64_t n_in) {
     return round64((size_t)n_tok * (size_t)n_in) + 3 * round64((size_t)n_tok * nb * 4);
 }
 
-void ql_cpu_act_bind(ql_cpu_act_t *a, void *mem, int64_t n_tok, int64_t n_in, const float *x, int64_t ld_x) {
+void ql_cpu_act_bind(ql_cpu_act_t *a, void *mem, int64_t n_tok, int64_t n_in, const float *x,
+                     int64_t ld_x) {
     memset(a, 0, sizeof(*a));
     a->n_tok = n_tok;
     a->n_in = n_in;
@@ -96,8 +97,8 @@ void ql_cpu_act_quantize(ql_cpu_isa_t isa, ql_cpu_act_t *a, int64_t t0, int64_t 
     QL_ASSERT(a->qs && a->n_in % QL_CPU_QK == 0);
     const int64_t nb = a->n_in / QL_CPU_QK;
     for (int64_t t = t0; t < t1; t++) {
-        DISPATCH(isa, ql__cpu_quantize_act, a->f32 + t * a->ld_f32, a->n_in, a->qs + t * a->n_in, a->d + t * nb,
-                 a->s + t * nb, a->sum + t * nb)
+        DISPATCH(isa, ql__cpu_quantize_act, a->f32 + t * a->ld_f32, a->n_in, a->qs + t * a->n_in,
+                 a->d + t * nb, a->s + t * nb, a->sum + t * nb)
     }
 }
 
@@ -114,10 +115,8 @@ int ql_cpu_weight_type_supported(int t) {
     case QL_DTYPE_Q5_1:
     case QL_DTYPE_Q8_0:
     case QL_DTYPE_Q4_K: /* the K-quants model/quant.c can dequantize */
-    case QL_DTYPE_Q6_K:
-        return 1;
-    default:
-        return 0;
+    case QL_DTYPE_Q6_K: return 1;
+    default: return 0;
     }
 }
 
@@ -126,7 +125,8 @@ int ql_cpu_weight_needs_q8(const ql_cpu_weight_t *w) {
 }
 
 static int is_kquant(int t) {
-    return t == QL_DTYPE_Q2_K || t == QL_DTYPE_Q3_K || t == QL_DTYPE_Q4_K || t == QL_DTYPE_Q5_K || t == QL_DTYPE_Q6_K;
+    return t == QL_DTYPE_Q2_K || t == QL_DTYPE_Q3_K || t == QL_DTYPE_Q4_K || t == QL_DTYPE_Q5_K ||
+           t == QL_DTYPE_Q6_K;
 }
 
 /* Q8_0 block from 32 floats, ggml's rule with a round-to-nearest-even fp16 scale. */
@@ -170,9 +170,7 @@ static void block_raw(int type, const uint8_t *p, uint8_t u[QL_CPU_QK], uint16_t
         }
         break;
     }
-    default: /* Q8_0 */
-        memcpy(u, p + 2, QL_CPU_QK);
-        break;
+    default: /* Q8_0 */ memcpy(u, p + 2, QL_CPU_QK); break;
     }
 }
 
@@ -200,7 +198,8 @@ static void pack_panel(const ql_cpu_weight_t *w, int64_t p, uint8_t *dst) {
             const int64_t row = p * R + r;
             if (row >= w->n_out) continue; /* stays zero */
             const uint8_t *src = (const uint8_t *)w->_rows + (size_t)row * w->_row_bytes;
-            for (int64_t k = 0; k < n_in; k++) memcpy(dst + (size_t)k * es * R + r * es, src + k * es, es);
+            for (int64_t k = 0; k < n_in; k++)
+                memcpy(dst + (size_t)k * es * R + r * es, src + k * es, es);
         }
         return;
     }
@@ -217,11 +216,14 @@ static void pack_panel(const ql_cpu_weight_t *w, int64_t p, uint8_t *dst) {
             if (row >= w->n_out) continue;
             uint8_t u[QL_CPU_QK];
             uint16_t d, m;
-            block_raw(kt, (const uint8_t *)w->_rows + (size_t)row * w->_row_bytes + (size_t)b * bbytes, u, &d, &m);
+            block_raw(kt,
+                      (const uint8_t *)w->_rows + (size_t)row * w->_row_bytes + (size_t)b * bbytes,
+                      u, &d, &m);
             if (p4) {
                 for (int v = 0; v < 4; v++)
                     for (int j = 0; j < 4; j++)
-                        pb[4 * R * v + 4 * r + j] = (uint8_t)(u[4 * v + j] | (u[16 + 4 * v + j] << 4));
+                        pb[4 * R * v + 4 * r + j] =
+                            (uint8_t)(u[4 * v + j] | (u[16 + 4 * v + j] << 4));
             } else {
                 for (int g = 0; g < 8; g++)
                     for (int j = 0; j < 4; j++) pb[4 * R * g + 4 * r + j] = u[4 * g + j];
@@ -284,7 +286,8 @@ int ql_cpu_weight_init(ql_cpu_weight_t *w, ql_cpu_isa_t isa, int type, int64_t n
                     ql_cpu_weight_free(w);
                     return rc;
                 }
-                for (int64_t b = 0; b < n_in / QL_CPU_QK; b++) requant_q8_0(tmp + b * QL_CPU_QK, dst + (size_t)b * 34);
+                for (int64_t b = 0; b < n_in / QL_CPU_QK; b++)
+                    requant_q8_0(tmp + b * QL_CPU_QK, dst + (size_t)b * 34);
             }
         }
         free(tmp);
@@ -307,7 +310,8 @@ int ql_cpu_weight_init(ql_cpu_weight_t *w, ql_cpu_isa_t isa, int type, int64_t n
     case QL_CPU_PACK_F32: w->_panel_bytes = (size_t)n_in * 4 * R; break;
     default: {
         const size_t q = (size_t)(w->_pack == QL_CPU_PACK_P4 ? 16 : 32) * R;
-        w->_panel_bytes = (size_t)(n_in / QL_CPU_QK) * (q + 2 * R + (ql__cpu_type_has_min(w->_ktype) ? 2 * R : 0));
+        w->_panel_bytes = (size_t)(n_in / QL_CPU_QK) *
+                          (q + 2 * R + (ql__cpu_type_has_min(w->_ktype) ? 2 * R : 0));
     }
     }
     size_t total;
@@ -322,7 +326,8 @@ int ql_cpu_weight_init(ql_cpu_weight_t *w, ql_cpu_isa_t isa, int type, int64_t n
         return QL_ENOMEM;
     }
     memset(w->_packed, 0, total);
-    for (int64_t p = 0; p < w->_n_panels; p++) pack_panel(w, p, (uint8_t *)w->_packed + (size_t)p * w->_panel_bytes);
+    for (int64_t p = 0; p < w->_n_panels; p++)
+        pack_panel(w, p, (uint8_t *)w->_packed + (size_t)p * w->_panel_bytes);
     return 0;
 }
 
@@ -335,8 +340,8 @@ void ql_cpu_weight_free(ql_cpu_weight_t *w) {
 
 /* ---- matmul ---- */
 
-void ql_cpu_matmul_rows(const ql_cpu_weight_t *w, const ql_cpu_act_t *x, float *y, int64_t ldy, int64_t r0,
-                        int64_t r1) {
+void ql_cpu_matmul_rows(const ql_cpu_weight_t *w, const ql_cpu_act_t *x, float *y, int64_t ldy,
+                        int64_t r0, int64_t r1) {
     QL_ASSERT(x->n_in == w->n_in);
     const int R = w->_panel_rows;
     QL_ASSERT(r0 >= 0 && r0 <= r1 && r1 <= w->n_out && r0 % R == 0);
@@ -347,8 +352,12 @@ void ql_cpu_matmul_rows(const ql_cpu_weight_t *w, const ql_cpu_act_t *x, float *
         return;
     }
     ql__cpu_mm_args_t a = {
-        .w = w, .x = x, .y = y, .ldy = ldy,
-        .p0 = r0 / R, .p1 = (r1 + R - 1) / R,
+        .w = w,
+        .x = x,
+        .y = y,
+        .ldy = ldy,
+        .p0 = r0 / R,
+        .p1 = (r1 + R - 1) / R,
     };
     switch (w->isa) {
 #ifdef QL_CPU_HAVE_X86
@@ -367,7 +376,8 @@ void ql_cpu_matmul_part_rows(const ql_cpu_weight_t *w, int ith, int nth, int64_t
     *r1 = QL_MIN(p1 * w->_panel_rows, w->n_out);
 }
 
-void ql_cpu_matmul_part(const ql_cpu_weight_t *w, const ql_cpu_act_t *x, float *y, int64_t ldy, int ith, int nth) {
+void ql_cpu_matmul_part(const ql_cpu_weight_t *w, const ql_cpu_act_t *x, float *y, int64_t ldy,
+                        int ith, int nth) {
     int64_t r0, r1;
     ql_cpu_matmul_part_rows(w, ith, nth, &r0, &r1);
     ql_cpu_matmul_rows(w, x, y, ldy, r0, r1);
@@ -390,8 +400,8 @@ static void mm_task(void *ctx, int ith, int nth) {
     ql_cpu_matmul_part(j->w, &j->x, j->y, j->w->n_out, ith, nth);
 }
 
-void ql_cpu_matmul(ql_cpu_pool_t *pool, const ql_cpu_weight_t *w, const float *x, int64_t n_tok, void *qmem,
-                   float *y) {
+void ql_cpu_matmul(ql_cpu_pool_t *pool, const ql_cpu_weight_t *w, const float *x, int64_t n_tok,
+                   void *qmem, float *y) {
     mm_job_t j = {.pool = pool, .w = w, .y = y};
     ql_cpu_act_bind(&j.x, ql_cpu_weight_needs_q8(w) ? qmem : NULL, n_tok, w->n_in, x, w->n_in);
     ql_cpu_pool_run(pool, mm_task, &j);

@@ -16,7 +16,8 @@
 
 /* ---- RMSNorm ---- */
 
-void ql_cpu_rmsnorm(float *out, const float *x, const float *w, int64_t n_tok, int64_t dim, float eps) {
+void ql_cpu_rmsnorm(float *out, const float *x, const float *w, int64_t n_tok, int64_t dim,
+                    float eps) {
     for (int64_t t = 0; t < n_tok; t++) {
         const float *xt = x + t * dim;
         float *ot = out + t * dim;
@@ -46,7 +47,8 @@ void ql_cpu_rope_cache(const ql_rope_params_t *p, int32_t pos, float *cs) {
     }
 }
 
-void ql_cpu_rope_apply(const ql_rope_params_t *p, const float *cs, float *x, int n_head, int head_dim) {
+void ql_cpu_rope_apply(const ql_rope_params_t *p, const float *cs, float *x, int n_head,
+                       int head_dim) {
     const int half = p->n_rot / 2;
     for (int h = 0; h < n_head; h++) {
         float *xh = x + (int64_t)h * head_dim;
@@ -67,7 +69,8 @@ void ql_cpu_rope_apply(const ql_rope_params_t *p, const float *cs, float *x, int
     }
 }
 
-void ql_cpu_rope(const ql_rope_params_t *p, float *x, const int32_t *pos, int64_t n_tok, int n_head, int head_dim) {
+void ql_cpu_rope(const ql_rope_params_t *p, float *x, const int32_t *pos, int64_t n_tok, int n_head,
+                 int head_dim) {
     float *cs = malloc(sizeof(float) * (size_t)(p->n_rot > 0 ? p->n_rot : 1));
     QL_ASSERT(cs);
     for (int64_t t = 0; t < n_tok; t++) {
@@ -97,8 +100,8 @@ void ql_cpu_swiglu(float *out, const float *gate, const float *up, int64_t n_tok
 
 /* ---- embedding gather ---- */
 
-int ql_cpu_get_rows(float *out, const void *table, int type, int64_t n_rows, int64_t dim, const int32_t *ids,
-                    int64_t n_ids) {
+int ql_cpu_get_rows(float *out, const void *table, int type, int64_t n_rows, int64_t dim,
+                    const int32_t *ids, int64_t n_ids) {
     size_t row_bytes;
     int rc = ql_dtype_row_bytes(type, dim, &row_bytes);
     if (rc) return rc == QL_EINVAL ? QL_EINVAL : rc;
@@ -119,8 +122,9 @@ int ql_cpu_get_rows(float *out, const void *table, int type, int64_t n_rows, int
 /* The reference semantics, with the ISA's dot and axpy helpers (which give the same bits on
  * every path); any head_dim, any group size. */
 static void attn_group_generic(ql_cpu_isa_t isa, const ql_kv_layout_t *kv, const uint16_t *k_pool,
-                               const uint16_t *v_pool, int kv_head, const int32_t *table, int32_t n_pos,
-                               const float *q, float *out, int n_group, float scale, float *scratch) {
+                               const uint16_t *v_pool, int kv_head, const int32_t *table,
+                               int32_t n_pos, const float *q, float *out, int n_group, float scale,
+                               float *scratch) {
     const int hd = kv->head_dim, bs = kv->block_size;
     /* scores[g][j] = (q_g · k_j) · scale */
     for (int32_t j0 = 0; j0 < n_pos; j0 += bs) {
@@ -128,7 +132,8 @@ static void attn_group_generic(ql_cpu_isa_t isa, const ql_kv_layout_t *kv, const
         const uint16_t *kb = k_pool + ql_kv_offset(kv, table[j0 / bs], kv_head, 0);
         for (int32_t j = 0; j < n; j++)
             for (int g = 0; g < n_group; g++)
-                scratch[(int64_t)g * n_pos + j0 + j] = ql_cpu_dot_f16_f32(isa, kb + (int64_t)j * hd, q + (int64_t)g * hd, hd) * scale;
+                scratch[(int64_t)g * n_pos + j0 + j] =
+                    ql_cpu_dot_f16_f32(isa, kb + (int64_t)j * hd, q + (int64_t)g * hd, hd) * scale;
     }
     /* softmax numerators in place; out = Σ_j e_j v_j / Σ_j e_j */
     float inv[QL__CPU_ATTN_GROUP_MAX];
@@ -141,53 +146,60 @@ static void attn_group_generic(ql_cpu_isa_t isa, const ql_kv_layout_t *kv, const
         const uint16_t *vb = v_pool + ql_kv_offset(kv, table[j0 / bs], kv_head, 0);
         for (int32_t j = 0; j < n; j++)
             for (int g = 0; g < n_group; g++)
-                ql_cpu_axpy_f16(isa, out + (int64_t)g * hd, scratch[(int64_t)g * n_pos + j0 + j], vb + (int64_t)j * hd, hd);
+                ql_cpu_axpy_f16(isa, out + (int64_t)g * hd, scratch[(int64_t)g * n_pos + j0 + j],
+                                vb + (int64_t)j * hd, hd);
     }
     for (int g = 0; g < n_group; g++)
         for (int i = 0; i < hd; i++) out[(int64_t)g * hd + i] *= inv[g];
 }
 
 static int attn_fast(const ql_kv_layout_t *kv, int n_group) {
-    return kv->head_dim % 8 == 0 && kv->head_dim <= QL__CPU_ATTN_HD_FAST && n_group <= QL__CPU_ATTN_GROUP_MAX;
+    return kv->head_dim % 8 == 0 && kv->head_dim <= QL__CPU_ATTN_HD_FAST &&
+           n_group <= QL__CPU_ATTN_GROUP_MAX;
 }
 
-void ql__cpu_attn_tile(ql_cpu_isa_t isa, const ql_kv_layout_t *kv, const uint16_t *k_pool, const uint16_t *v_pool,
-                       int kv_head, const int32_t *table, int n_q, const int32_t *n_pos, const float *const *q,
-                       float *const *out, int n_group, float scale, float *scratch, int64_t scratch_stride) {
+void ql__cpu_attn_tile(ql_cpu_isa_t isa, const ql_kv_layout_t *kv, const uint16_t *k_pool,
+                       const uint16_t *v_pool, int kv_head, const int32_t *table, int n_q,
+                       const int32_t *n_pos, const float *const *q, float *const *out, int n_group,
+                       float scale, float *scratch, int64_t scratch_stride) {
     QL_ASSERT(n_q >= 1 && n_q <= QL__CPU_ATTN_TILE);
 #ifdef QL_CPU_HAVE_X86
     if (attn_fast(kv, n_group)) {
         switch (isa) {
         case QL_CPU_ISA_AVX2:
-            ql__cpu_attn_tile_avx2(kv, k_pool, v_pool, kv_head, table, n_q, n_pos, q, out, n_group, scale, scratch,
-                                   scratch_stride);
+            ql__cpu_attn_tile_avx2(kv, k_pool, v_pool, kv_head, table, n_q, n_pos, q, out, n_group,
+                                   scale, scratch, scratch_stride);
             return;
         case QL_CPU_ISA_AVXVNNI:
-            ql__cpu_attn_tile_avxvnni(kv, k_pool, v_pool, kv_head, table, n_q, n_pos, q, out, n_group, scale, scratch,
-                                      scratch_stride);
+            ql__cpu_attn_tile_avxvnni(kv, k_pool, v_pool, kv_head, table, n_q, n_pos, q, out,
+                                      n_group, scale, scratch, scratch_stride);
             return;
         case QL_CPU_ISA_AVX512VNNI:
-            ql__cpu_attn_tile_avx512vnni(kv, k_pool, v_pool, kv_head, table, n_q, n_pos, q, out, n_group, scale,
-                                         scratch, scratch_stride);
+            ql__cpu_attn_tile_avx512vnni(kv, k_pool, v_pool, kv_head, table, n_q, n_pos, q, out,
+                                         n_group, scale, scratch, scratch_stride);
             return;
         default: break;
         }
     }
 #endif
     for (int u = 0; u < n_q; u++)
-        attn_group_generic(isa, kv, k_pool, v_pool, kv_head, table, n_pos[u], q[u], out[u], n_group, scale, scratch);
+        attn_group_generic(isa, kv, k_pool, v_pool, kv_head, table, n_pos[u], q[u], out[u], n_group,
+                           scale, scratch);
 }
 
-void ql__cpu_attn_group(ql_cpu_isa_t isa, const ql_kv_layout_t *kv, const uint16_t *k_pool, const uint16_t *v_pool,
-                        int kv_head, const int32_t *table, int32_t n_pos, const float *q, float *out, int n_group,
-                        float scale, float *scratch) {
-    ql__cpu_attn_tile(isa, kv, k_pool, v_pool, kv_head, table, 1, &n_pos, &q, &out, n_group, scale, scratch, n_pos);
+void ql__cpu_attn_group(ql_cpu_isa_t isa, const ql_kv_layout_t *kv, const uint16_t *k_pool,
+                        const uint16_t *v_pool, int kv_head, const int32_t *table, int32_t n_pos,
+                        const float *q, float *out, int n_group, float scale, float *scratch) {
+    ql__cpu_attn_tile(isa, kv, k_pool, v_pool, kv_head, table, 1, &n_pos, &q, &out, n_group, scale,
+                      scratch, n_pos);
 }
 
 int ql_cpu_attention_ref(const ql_cpu_attn_args_t *a) {
-    if (!a || !a->kv || !a->k_pool || !a->v_pool || !a->q || !a->out || a->n_tok < 0) return QL_EINVAL;
+    if (!a || !a->kv || !a->k_pool || !a->v_pool || !a->q || !a->out || a->n_tok < 0)
+        return QL_EINVAL;
     const ql_kv_layout_t *kv = a->kv;
-    if (kv->n_kv_head <= 0 || a->n_head <= 0 || a->n_head % kv->n_kv_head || kv->head_dim <= 0 || kv->block_size <= 0)
+    if (kv->n_kv_head <= 0 || a->n_head <= 0 || a->n_head % kv->n_kv_head || kv->head_dim <= 0 ||
+        kv->block_size <= 0)
         return QL_EINVAL;
     const int n_group = a->n_head / kv->n_kv_head;
     if (n_group > QL__CPU_ATTN_GROUP_MAX) return QL_EINVAL;
@@ -197,7 +209,8 @@ int ql_cpu_attention_ref(const ql_cpu_attn_args_t *a) {
         if (s < 0 || s >= a->n_seqs || a->pos[t] < 0) return QL_EINVAL;
         if (a->pos[t] / kv->block_size >= a->n_blocks[s]) return QL_EINVAL;
         for (int32_t i = 0; i <= a->pos[t] / kv->block_size; i++)
-            if (a->block_tables[s][i] < 0 || a->block_tables[s][i] >= kv->n_blocks) return QL_EINVAL;
+            if (a->block_tables[s][i] < 0 || a->block_tables[s][i] >= kv->n_blocks)
+                return QL_EINVAL;
         max_pos = QL_MAX(max_pos, a->pos[t]);
     }
     float *scratch = malloc(sizeof(float) * (size_t)n_group * (size_t)(max_pos + 1));
@@ -207,8 +220,8 @@ int ql_cpu_attention_ref(const ql_cpu_attn_args_t *a) {
         const int32_t s = a->seq_of[t];
         for (int h = 0; h < kv->n_kv_head; h++) {
             const int64_t off = (t * a->n_head + (int64_t)h * n_group) * hd;
-            ql__cpu_attn_group(QL_CPU_ISA_PORTABLE, kv, a->k_pool, a->v_pool, h, a->block_tables[s], a->pos[t] + 1,
-                               a->q + off, a->out + off, n_group, a->scale, scratch);
+            ql__cpu_attn_group(QL_CPU_ISA_PORTABLE, kv, a->k_pool, a->v_pool, h, a->block_tables[s],
+                               a->pos[t] + 1, a->q + off, a->out + off, n_group, a->scale, scratch);
         }
     }
     free(scratch);

@@ -56,10 +56,10 @@ struct ql_cpu_pool_s {
 
     ql_cpu_task_fn fn;
     void *ctx;
-    ql_pool_line_t run_gen;  /* bumped once per run */
-    ql_pool_line_t n_done;   /* workers finished with the current run */
+    ql_pool_line_t run_gen; /* bumped once per run */
+    ql_pool_line_t n_done;  /* workers finished with the current run */
     ql_pool_line_t bar_count;
-    ql_pool_line_t bar_gen;     /* also the futex word barrier sleepers wait on */
+    ql_pool_line_t bar_gen; /* also the futex word barrier sleepers wait on */
     ql_pool_line_t bar_sleepers;
     ql_pool_line_t main_sleeping; /* the caller sleeps on n_done */
     atomic_int n_sleeping;
@@ -105,7 +105,8 @@ static void *worker_main(void *arg) {
         /* spin for the next run, then sleep */
         uint64_t t0 = 0;
         unsigned spins = 0;
-        while (atomic_load_explicit(&p->run_gen.v, memory_order_acquire) == seen && !atomic_load(&p->stop)) {
+        while (atomic_load_explicit(&p->run_gen.v, memory_order_acquire) == seen &&
+               !atomic_load(&p->stop)) {
             cpu_relax();
             if ((++spins & 1023u) != 0) continue;
             uint64_t now = ql_time_ns();
@@ -113,7 +114,8 @@ static void *worker_main(void *arg) {
             if (now - t0 < QL_POOL_IDLE_SPIN_NS) continue;
             pthread_mutex_lock(&p->mu);
             atomic_fetch_add(&p->n_sleeping, 1);
-            while (atomic_load(&p->run_gen.v) == seen && !atomic_load(&p->stop)) pthread_cond_wait(&p->cv, &p->mu);
+            while (atomic_load(&p->run_gen.v) == seen && !atomic_load(&p->stop))
+                pthread_cond_wait(&p->cv, &p->mu);
             atomic_fetch_sub(&p->n_sleeping, 1);
             pthread_mutex_unlock(&p->mu);
         }
@@ -158,7 +160,8 @@ int ql_cpu_pool_init(int n_threads, ql_cpu_pool_t **out) {
         for (int i = 0; i < n_threads - 1; i++) {
             p->workers[i].pool = p;
             p->workers[i].ith = i + 1;
-            if (pthread_create(&p->workers[i].tid, NULL, worker_main, &p->workers[i]) != 0) goto fail;
+            if (pthread_create(&p->workers[i].tid, NULL, worker_main, &p->workers[i]) != 0)
+                goto fail;
             p->n_started++;
         }
     }

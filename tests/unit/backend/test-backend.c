@@ -38,7 +38,8 @@ static int fake_copy(ql_backend_t *be, const int32_t *src, const int32_t *dst, i
 static void fake_free(ql_backend_t *be) {
     ((fake_t *)be)->n_free++;
 }
-static const ql_backend_ops_t fake_ops = {.forward = fake_forward, .copy_blocks = fake_copy, .free = fake_free};
+static const ql_backend_ops_t fake_ops = {
+    .forward = fake_forward, .copy_blocks = fake_copy, .free = fake_free};
 
 static fake_t g_fake; /* what fake_init hands out */
 static int init_calls;
@@ -47,11 +48,17 @@ static void fake_reset(void) {
     memset(&g_fake, 0, sizeof(g_fake));
     g_fake.base.ops = &fake_ops;
     g_fake.base.info = (ql_backend_info_t){
-        .name = "fake", .n_vocab = 100, .n_ctx_max = 64, .n_batch_tokens_max = 8, .n_seqs_max = 2,
-        .n_logits_max = 4, .kv = {.n_layer = 2, .n_kv_head = 2, .head_dim = 8, .block_size = 4, .n_blocks = 10}};
+        .name = "fake",
+        .n_vocab = 100,
+        .n_ctx_max = 64,
+        .n_batch_tokens_max = 8,
+        .n_seqs_max = 2,
+        .n_logits_max = 4,
+        .kv = {.n_layer = 2, .n_kv_head = 2, .head_dim = 8, .block_size = 4, .n_blocks = 10}};
 }
 
-static int fake_init(const ql_gguf_t *g, const ql_backend_params_t *p, ql_backend_t **out, char *err, size_t n) {
+static int fake_init(const ql_gguf_t *g, const ql_backend_params_t *p, ql_backend_t **out,
+                     char *err, size_t n) {
     (void)g, (void)p, (void)err, (void)n;
     init_calls++;
     fake_reset();
@@ -86,7 +93,8 @@ static void test_registry(void **state) {
     for (int i = 0; i <= QL_BACKEND_REG_MAX; i++) {
         snprintf(names[i], sizeof(names[i]), "b%d", i);
         many[i] = (ql_backend_desc_t){.name = names[i], .init = fake_init};
-        assert_int_equal(ql_backend_reg_add(&full, &many[i]), i < QL_BACKEND_REG_MAX ? 0 : QL_ENOSPC);
+        assert_int_equal(ql_backend_reg_add(&full, &many[i]),
+                         i < QL_BACKEND_REG_MAX ? 0 : QL_ENOSPC);
     }
 
     const ql_gguf_t *g = (const ql_gguf_t *)&r; /* the fake never reads it */
@@ -131,7 +139,8 @@ static void test_wrappers(void **state) {
     ql_batch_t b = {0};
     ql_backend_sampling_t smp = {0};
     int32_t tok[1];
-    assert_int_equal(ql_backend_forward_sample(be, &b, &smp, tok), QL_EUNSUPPORTED); /* optional, NULL */
+    assert_int_equal(ql_backend_forward_sample(be, &b, &smp, tok),
+                     QL_EUNSUPPORTED); /* optional, NULL */
     assert_int_equal(ql_backend_forward(NULL, &b, NULL), QL_EINVAL);
     assert_null(ql_backend_info(NULL));
 }
@@ -146,8 +155,16 @@ static void test_batch_contract(void **state) {
     int32_t tok[] = {1, 2, 3, 4}, pos[] = {4, 5, 6, 9}, seq[] = {0, 0, 0, 1};
     int32_t t0[] = {3, 7}, t1[] = {0, 5, 9}, nb[] = {2, 3}, len[] = {7, 10}, rows[] = {2, 3};
     const int32_t *tabs[] = {t0, t1};
-    ql_batch_t b = {.n_tokens = 4, .tokens = tok, .pos = pos, .seq_of_token = seq, .n_seqs = 2,
-                    .block_tables = tabs, .n_blocks = nb, .seq_len = len, .logits_rows = rows, .n_logits = 2};
+    ql_batch_t b = {.n_tokens = 4,
+                    .tokens = tok,
+                    .pos = pos,
+                    .seq_of_token = seq,
+                    .n_seqs = 2,
+                    .block_tables = tabs,
+                    .n_blocks = nb,
+                    .seq_len = len,
+                    .logits_rows = rows,
+                    .n_logits = 2};
     char err[160];
     float logits[2 * 100];
     assert_int_equal(ql_batch_validate(&b, info, err, sizeof(err)), 0);
@@ -175,9 +192,9 @@ static void test_batch_contract(void **state) {
     EXPECT_BAD(pos[2] = 7, pos[2] = 6, "position 7");
     EXPECT_BAD(pos[0] = -1, pos[0] = 4, "position -1");
     EXPECT_BAD(tok[1] = 100, tok[1] = 2, "vocabulary");
-    EXPECT_BAD(len[0] = 9, len[0] = 7, "needs more than");     /* 9 tokens in 2 blocks of 4 */
-    EXPECT_BAD(len[1] = 65, len[1] = 10, "seq_len 65");        /* beyond n_ctx_max */
-    EXPECT_BAD(t1[2] = 10, t1[2] = 9, "block 2 is 10");        /* outside the pool */
+    EXPECT_BAD(len[0] = 9, len[0] = 7, "needs more than"); /* 9 tokens in 2 blocks of 4 */
+    EXPECT_BAD(len[1] = 65, len[1] = 10, "seq_len 65");    /* beyond n_ctx_max */
+    EXPECT_BAD(t1[2] = 10, t1[2] = 9, "block 2 is 10");    /* outside the pool */
     EXPECT_BAD(t0[0] = -1, t0[0] = 3, "block 0 is -1");
     EXPECT_BAD(nb[0] = -1, nb[0] = 2, "block table");
     EXPECT_BAD(rows[1] = 4, rows[1] = 3, "logits row 1 is 4");
@@ -195,7 +212,8 @@ static void test_batch_contract(void **state) {
 
 static void test_kv_layout(void **state) {
     (void)state;
-    const ql_kv_layout_t l = {.n_layer = 30, .n_kv_head = 3, .head_dim = 64, .block_size = 16, .n_blocks = 100};
+    const ql_kv_layout_t l = {
+        .n_layer = 30, .n_kv_head = 3, .head_dim = 64, .block_size = 16, .n_blocks = 100};
     assert_int_equal(ql_kv_offset(&l, 0, 0, 0), 0);
     assert_int_equal(ql_kv_offset(&l, 0, 0, 1), 64);
     assert_int_equal(ql_kv_offset(&l, 0, 1, 0), 16 * 64);

@@ -48,13 +48,15 @@ typedef struct model_s {
     ql_dtype_t wtype;
 } model_t;
 
-static void model_make(model_t *m, const ql_mkmodel_shape_t *shape, ql_dtype_t wtype, uint64_t seed) {
+static void model_make(model_t *m, const ql_mkmodel_shape_t *shape, ql_dtype_t wtype,
+                       uint64_t seed) {
     static int counter;
     char err[256];
     memset(m, 0, sizeof(*m));
     m->shape = *shape;
     m->wtype = wtype;
-    snprintf(m->path, sizeof(m->path), "/tmp/quill-test-forward-%d-%d.gguf", (int)getpid(), counter++);
+    snprintf(m->path, sizeof(m->path), "/tmp/quill-test-forward-%d-%d.gguf", (int)getpid(),
+             counter++);
     ql_mkmodel_params_t p = {.shape = *shape, .seed = seed, .wtype = wtype};
     ql_mkmodel_t *mk = NULL;
     if (ql_mkmodel_init(&p, &mk, err, sizeof(err)) != 0) fail_msg("mkmodel: %s", err);
@@ -70,7 +72,8 @@ static void model_drop(model_t *m) {
 
 static ql_mkmodel_shape_t shape_llama(void) {
     ql_mkmodel_shape_t s;
-    assert_int_equal(ql_mkmodel_shape_get("tiny", &s), 0); /* 2 layers, 64 wide, 4 heads, 2 KV heads */
+    assert_int_equal(ql_mkmodel_shape_get("tiny", &s),
+                     0); /* 2 layers, 64 wide, 4 heads, 2 KV heads */
     return s;
 }
 
@@ -105,8 +108,13 @@ static ql_mkmodel_shape_t shape_llama3(void) {
 }
 
 static ql_backend_t *backend_open(const model_t *m, int n_threads, int32_t block_size) {
-    ql_backend_params_t p = {.n_threads = n_threads, .kv_cache_bytes = 0, .block_size = block_size,
-                             .n_batch_tokens_max = 96, .n_seqs_max = 8, .n_logits_max = 96, .n_ctx_max = 128};
+    ql_backend_params_t p = {.n_threads = n_threads,
+                             .kv_cache_bytes = 0,
+                             .block_size = block_size,
+                             .n_batch_tokens_max = 96,
+                             .n_seqs_max = 8,
+                             .n_logits_max = 96,
+                             .n_ctx_max = 128};
     ql_backend_t *be = NULL;
     char err[256];
     int rc = ql_cpu_backend_init(m->g, &p, &be, err, sizeof(err));
@@ -170,10 +178,12 @@ static void ref_init(ref_t *r, const model_t *m) {
     r->out_norm = tensor_f64(m->g, "output_norm.weight", NULL, NULL);
     r->rope_ff = tensor_f64(m->g, "rope_freqs.weight", NULL, NULL);
     assert_true((r->rope_ff != NULL) == (s->rope_scaling_factor != 0.0f));
-    double ***fields[] = {&r->wq, &r->wk, &r->wv, &r->wo, &r->wg, &r->wu, &r->wd, &r->bq, &r->bk, &r->bv, &r->an, &r->fn};
-    const char *names[] = {"attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight",
-                           "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight", "attn_q.bias",
-                           "attn_k.bias", "attn_v.bias", "attn_norm.weight", "ffn_norm.weight"};
+    double ***fields[] = {&r->wq, &r->wk, &r->wv, &r->wo, &r->wg, &r->wu,
+                          &r->wd, &r->bq, &r->bk, &r->bv, &r->an, &r->fn};
+    const char *names[] = {"attn_q.weight",      "attn_k.weight",    "attn_v.weight",
+                           "attn_output.weight", "ffn_gate.weight",  "ffn_up.weight",
+                           "ffn_down.weight",    "attn_q.bias",      "attn_k.bias",
+                           "attn_v.bias",        "attn_norm.weight", "ffn_norm.weight"};
     for (size_t f = 0; f < QL_ARRAY_LEN(fields); f++) {
         *fields[f] = calloc((size_t)r->NL, sizeof(double *));
         for (int l = 0; l < r->NL; l++) (*fields[f])[l] = layer_tensor(m->g, l, names[f]);
@@ -183,7 +193,8 @@ static void ref_init(ref_t *r, const model_t *m) {
 }
 
 static void ref_free(ref_t *r) {
-    double **fields[] = {r->wq, r->wk, r->wv, r->wo, r->wg, r->wu, r->wd, r->bq, r->bk, r->bv, r->an, r->fn};
+    double **fields[] = {r->wq, r->wk, r->wv, r->wo, r->wg, r->wu,
+                         r->wd, r->bq, r->bk, r->bv, r->an, r->fn};
     for (size_t f = 0; f < QL_ARRAY_LEN(fields); f++) {
         for (int l = 0; l < r->NL; l++) free(fields[f][l]);
         free(fields[f]);
@@ -195,7 +206,8 @@ static void ref_free(ref_t *r) {
 }
 
 /* y[o] = Σ_i W[o][i]·x[i] (+ b[o]) */
-static void mv(double *y, const double *W, const double *b, const double *x, int64_t n_out, int64_t n_in) {
+static void mv(double *y, const double *W, const double *b, const double *x, int64_t n_out,
+               int64_t n_in) {
     for (int64_t o = 0; o < n_out; o++) {
         double s = b ? b[o] : 0.0;
         for (int64_t i = 0; i < n_in; i++) s += W[o * n_in + i] * x[i];
@@ -214,7 +226,8 @@ static void rope_d(const ref_t *r, double *v, int n_heads, int pos) {
     for (int h = 0; h < n_heads; h++) {
         double *x = v + (int64_t)h * r->HD;
         for (int i = 0; i < r->HD / 2; i++) {
-            const double th = pos * pow(r->base, -2.0 * i / (double)r->HD) / (r->rope_ff ? r->rope_ff[i] : 1.0);
+            const double th =
+                pos * pow(r->base, -2.0 * i / (double)r->HD) / (r->rope_ff ? r->rope_ff[i] : 1.0);
             const int a = r->neox ? i : 2 * i, b = r->neox ? i + (int)r->HD / 2 : 2 * i + 1;
             const double x0 = x[a], x1 = x[b];
             x[a] = x0 * cos(th) - x1 * sin(th);
@@ -230,8 +243,10 @@ static void ref_forward(const ref_t *r, const int32_t *tok, int n, double *logit
     double *q = malloc(sizeof(double) * n * QD), *k = malloc(sizeof(double) * n * KVD),
            *v = malloc(sizeof(double) * n * KVD);
     double *o = malloc(sizeof(double) * QD), *y = malloc(sizeof(double) * (E > F ? E : F));
-    double *g = malloc(sizeof(double) * F), *u = malloc(sizeof(double) * F), *sc = malloc(sizeof(double) * n);
-    for (int t = 0; t < n; t++) memcpy(x + t * E, r->embd + (int64_t)tok[t] * E, sizeof(double) * E);
+    double *g = malloc(sizeof(double) * F), *u = malloc(sizeof(double) * F),
+           *sc = malloc(sizeof(double) * n);
+    for (int t = 0; t < n; t++)
+        memcpy(x + t * E, r->embd + (int64_t)tok[t] * E, sizeof(double) * E);
     for (int l = 0; l < r->NL; l++) {
         for (int t = 0; t < n; t++) {
             rmsnorm_d(h, x + t * E, r->an[l], E, r->eps);
@@ -253,7 +268,8 @@ static void ref_forward(const ref_t *r, const int32_t *tok, int n, double *logit
                 double mx = -INFINITY, sum = 0.0;
                 for (int j = 0; j <= t; j++) { /* causal */
                     double d = 0.0;
-                    for (int i = 0; i < HD; i++) d += q[t * QD + hh * HD + i] * k[j * KVD + kvh * HD + i];
+                    for (int i = 0; i < HD; i++)
+                        d += q[t * QD + hh * HD + i] * k[j * KVD + kvh * HD + i];
                     sc[j] = d / sqrt((double)HD);
                     mx = fmax(mx, sc[j]);
                 }
@@ -292,7 +308,7 @@ typedef struct seq_s {
     int n_done;            /* tokens whose KV is in the cache */
     int32_t table[64];
     int n_blocks;
-    float *logits;         /* [128][V]: logits after each position (NaN where not asked) */
+    float *logits; /* [128][V]: logits after each position (NaN where not asked) */
 } seq_t;
 
 typedef struct pool_s {
@@ -329,7 +345,8 @@ static int argmax(const float *x, int64_t n) {
 
 /* One step: for each sequence i in `which`, run `count[i]` tokens starting at its n_done;
  * logits for every token when all_logits, else for the last of each sequence. */
-static void step(ql_backend_t *be, seq_t **seqs, const int *count, int n, int all_logits, pool_t *pool) {
+static void step(ql_backend_t *be, seq_t **seqs, const int *count, int n, int all_logits,
+                 pool_t *pool) {
     const ql_backend_info_t *info = ql_backend_info(be);
     const int64_t V = info->n_vocab;
     int32_t tokens[96], pos[96], seq_of[96], rows[96], n_blocks[8], seq_len[8];
@@ -348,8 +365,15 @@ static void step(ql_backend_t *be, seq_t **seqs, const int *count, int n, int al
         n_blocks[i] = s->n_blocks;
         seq_len[i] = s->n_done + count[i];
     }
-    ql_batch_t b = {.n_tokens = nt, .tokens = tokens, .pos = pos, .seq_of_token = seq_of, .n_seqs = n,
-                    .block_tables = tables, .n_blocks = n_blocks, .seq_len = seq_len, .logits_rows = rows,
+    ql_batch_t b = {.n_tokens = nt,
+                    .tokens = tokens,
+                    .pos = pos,
+                    .seq_of_token = seq_of,
+                    .n_seqs = n,
+                    .block_tables = tables,
+                    .n_blocks = n_blocks,
+                    .seq_len = seq_len,
+                    .logits_rows = rows,
                     .n_logits = nl};
     float *logits = malloc(sizeof(float) * (size_t)(nl * V));
     assert_int_equal(ql_backend_forward(be, &b, logits), 0);
@@ -367,7 +391,8 @@ static void seq_init(seq_t *s, int n_prompt, int64_t V, uint64_t seed) {
     memset(s, 0, sizeof(*s));
     uint64_t rng = seed;
     s->n_prompt = s->n_total = n_prompt;
-    for (int i = 0; i < n_prompt; i++) s->tok[i] = (int32_t)(3 + rng_next(&rng) % (uint64_t)(V - 3));
+    for (int i = 0; i < n_prompt; i++)
+        s->tok[i] = (int32_t)(3 + rng_next(&rng) % (uint64_t)(V - 3));
     s->logits = malloc(sizeof(float) * 128 * (size_t)V);
     for (int64_t i = 0; i < 128 * V; i++) s->logits[i] = NAN;
 }
@@ -400,11 +425,11 @@ static double compare_with_reference(const model_t *m, int n, double tol) {
         }
         worst = fmax(worst, e / mx);
         if (e > tol * mx)
-            fail_msg("%s position %d: max |quill - ref| = %g > %g (max |logit| %g)", ql_dtype_name(m->wtype), t, e,
-                     tol * mx, mx);
+            fail_msg("%s position %d: max |quill - ref| = %g > %g (max |logit| %g)",
+                     ql_dtype_name(m->wtype), t, e, tol * mx, mx);
     }
-    print_message("%s %s: max |quill - reference| / max |logit| = %.2e (tolerance %.2e)\n", m->shape.name,
-                  ql_dtype_name(m->wtype), worst, tol);
+    print_message("%s %s: max |quill - reference| / max |logit| = %.2e (tolerance %.2e)\n",
+                  m->shape.name, ql_dtype_name(m->wtype), worst, tol);
     free(ref);
     free(s.logits);
     ql_backend_free(be);
@@ -427,9 +452,11 @@ static void test_matches_dense_reference(void **state) {
          * through one attention weight < 1): + 2^-11 / n_embd. */
         model_make(&m, &shapes[k], QL_DTYPE_F32, 11 + k);
         {
-            const double nmax = (double)QL_MAX(shapes[k].n_embd, shapes[k].n_ff), U = 1.0 / 16777216.0;
-            const double tol = 4.0 * (nmax * U / (1.0 - nmax * U)) * (7.0 * (double)shapes[k].n_layer + 1.0) +
-                               1.0 / 2048.0 / (double)shapes[k].n_embd;
+            const double nmax = (double)QL_MAX(shapes[k].n_embd, shapes[k].n_ff),
+                         U = 1.0 / 16777216.0;
+            const double tol =
+                4.0 * (nmax * U / (1.0 - nmax * U)) * (7.0 * (double)shapes[k].n_layer + 1.0) +
+                1.0 / 2048.0 / (double)shapes[k].n_embd;
             compare_with_reference(&m, 40, tol);
         }
         model_drop(&m);
@@ -439,13 +466,16 @@ static void test_matches_dense_reference(void **state) {
          * of a dot product is then about 1/(254·sqrt(3)) ≈ 0.23% of the block's scale per
          * matmul, 7 matmuls a layer plus the head: with a 5-sigma margin over a random walk of
          * 7·n_layer + 1 such errors, tol = 5 · 0.0023 · sqrt(7·n_layer + 1). */
-        const ql_dtype_t qt[] = {QL_DTYPE_Q8_0, QL_DTYPE_Q4_1, QL_DTYPE_Q4_0, QL_DTYPE_Q5_1, QL_DTYPE_F16};
+        const ql_dtype_t qt[] = {QL_DTYPE_Q8_0, QL_DTYPE_Q4_1, QL_DTYPE_Q4_0, QL_DTYPE_Q5_1,
+                                 QL_DTYPE_F16};
         for (size_t i = 0; i < QL_ARRAY_LEN(qt); i++) {
             model_make(&m, &shapes[k], qt[i], 21 + k * 10 + i);
             /* F16 weights are exact in f32: the F32 tolerance holds for them too */
-            const double nmax = (double)QL_MAX(shapes[k].n_embd, shapes[k].n_ff), U = 1.0 / 16777216.0;
+            const double nmax = (double)QL_MAX(shapes[k].n_embd, shapes[k].n_ff),
+                         U = 1.0 / 16777216.0;
             const double tol = qt[i] == QL_DTYPE_F16
-                                   ? 4.0 * (nmax * U / (1.0 - nmax * U)) * (7.0 * (double)shapes[k].n_layer + 1.0) +
+                                   ? 4.0 * (nmax * U / (1.0 - nmax * U)) *
+                                             (7.0 * (double)shapes[k].n_layer + 1.0) +
                                          1.0 / 2048.0 / (double)shapes[k].n_embd
                                    : 5.0 * 0.0023 * sqrt(7.0 * (double)shapes[k].n_layer + 1.0);
             compare_with_reference(&m, 24, tol);
@@ -531,10 +561,13 @@ static void test_batch_invariance(void **state) {
         seq_init(&a, prompt_len[i], V, 1000 + i);
         const int whole = prompt_len[i];
         run_alone(be2, &a, &whole, 1, &pool2);
-        assert_memory_equal(a.tok, seqs[i].tok, sizeof(int32_t) * (size_t)(prompt_len[i] + N_GEN)); /* greedy */
+        assert_memory_equal(a.tok, seqs[i].tok,
+                            sizeof(int32_t) * (size_t)(prompt_len[i] + N_GEN)); /* greedy */
         for (int p = prompt_len[i] - 1; p < prompt_len[i] + N_GEN - 1; p++)
-            if (memcmp(a.logits + (int64_t)p * V, seqs[i].logits + (int64_t)p * V, sizeof(float) * V) != 0)
-                fail_msg("sequence %d position %d: logits alone differ from inside the batch", i, p);
+            if (memcmp(a.logits + (int64_t)p * V, seqs[i].logits + (int64_t)p * V,
+                       sizeof(float) * V) != 0)
+                fail_msg("sequence %d position %d: logits alone differ from inside the batch", i,
+                         p);
         free(a.logits);
     }
     {
@@ -573,7 +606,8 @@ static void test_paths_and_threads_agree(void **state) {
         if (isas[k]) setenv("QL_CPU_ISA", isas[k], 1);
         ql_backend_t *be = backend_open(&m, threads[k], 16);
         unsetenv("QL_CPU_ISA");
-        print_message("path %s, %d threads\n", ql_cpu_isa_name(ql__cpu_backend_isa(be)), threads[k]);
+        print_message("path %s, %d threads\n", ql_cpu_isa_name(ql__cpu_backend_isa(be)),
+                      threads[k]);
         pool_t pool;
         pool_init(&pool, ql_backend_info(be)->kv.n_blocks, 1);
         seq_t s, *sp = &s;
@@ -663,8 +697,16 @@ static void test_bad_batches(void **state) {
     int32_t tab[] = {0};
     const int32_t *tabs[] = {tab};
     float logits[512];
-    ql_batch_t b = {.n_tokens = 2, .tokens = tok, .pos = pos, .seq_of_token = seq, .n_seqs = 1,
-                    .block_tables = tabs, .n_blocks = nb, .seq_len = len, .logits_rows = rows, .n_logits = 1};
+    ql_batch_t b = {.n_tokens = 2,
+                    .tokens = tok,
+                    .pos = pos,
+                    .seq_of_token = seq,
+                    .n_seqs = 1,
+                    .block_tables = tabs,
+                    .n_blocks = nb,
+                    .seq_len = len,
+                    .logits_rows = rows,
+                    .n_logits = 1};
     assert_int_equal(ql_backend_forward(be, &b, logits), 0);
     tok[1] = (int32_t)shape.n_vocab;
     assert_int_equal(ql_backend_forward(be, &b, logits), QL_EINVAL); /* token id */
@@ -690,7 +732,8 @@ static void test_bad_batches(void **state) {
     assert_int_equal(ql_backend_forward(be, &b, NULL), QL_EINVAL);
     b.n_logits = 0;
     assert_int_equal(ql_backend_forward(be, &b, NULL), 0); /* no logits wanted */
-    assert_int_equal(ql_backend_forward_sample(be, &b, &(ql_backend_sampling_t){0}, tok), QL_EUNSUPPORTED);
+    assert_int_equal(ql_backend_forward_sample(be, &b, &(ql_backend_sampling_t){0}, tok),
+                     QL_EUNSUPPORTED);
     ql_backend_free(be);
 
     /* init errors: a budget too small for one block */
@@ -705,10 +748,8 @@ static void test_bad_batches(void **state) {
 int main(void) {
     ql_log_set_level(QL_LOG_LEVEL_WARN);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_bad_batches),
-        cmocka_unit_test(test_matches_dense_reference),
-        cmocka_unit_test(test_batch_invariance),
-        cmocka_unit_test(test_paths_and_threads_agree),
+        cmocka_unit_test(test_bad_batches),      cmocka_unit_test(test_matches_dense_reference),
+        cmocka_unit_test(test_batch_invariance), cmocka_unit_test(test_paths_and_threads_agree),
         cmocka_unit_test(test_copy_blocks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -88,12 +88,14 @@ static void test_fp16_conversions(void **state) {
     uint16_t *ref = malloc(N * sizeof(uint16_t)), *got = malloc(N * sizeof(uint16_t));
     for (int i = 0; i < N; i++) {
         uint32_t bits = (uint32_t)rng_next(&rng);
-        if (i % 3 == 0) bits = (bits & 0x807fffffu) | ((uint32_t)(100 + i % 60) << 23); /* fp16-ish range */
+        if (i % 3 == 0)
+            bits = (bits & 0x807fffffu) | ((uint32_t)(100 + i % 60) << 23); /* fp16-ish range */
         memcpy(&x[i], &bits, 4);
         if (isnan(x[i])) x[i] = 1.0f;
     }
-    const float specials[] = {0.0f, -0.0f, 65504.0f, 65519.99f, 65520.0f, 6.1035156e-05f, 5.9604645e-08f,
-                              2.9802322e-08f, 2.9802326e-08f, 1.0009765625f, INFINITY, -INFINITY};
+    const float specials[] = {0.0f,           -0.0f,          65504.0f,       65519.99f,
+                              65520.0f,       6.1035156e-05f, 5.9604645e-08f, 2.9802322e-08f,
+                              2.9802326e-08f, 1.0009765625f,  INFINITY,       -INFINITY};
     memcpy(x, specials, sizeof(specials));
     for (int i = 0; i < N; i++) {
         ref[i] = ql_fp32_to_fp16(x[i]);
@@ -141,7 +143,8 @@ static void test_quantize_act(void **state) {
                 const int8_t q = a0.qs[t * n_in + b * 32 + i];
                 assert_true(q != -128);
                 sum += q;
-                const double err = fabs((double)x[t * n_in + b * 32 + i] - (double)q * a0.d[t * nb + b]);
+                const double err =
+                    fabs((double)x[t * n_in + b * 32 + i] - (double)q * a0.d[t * nb + b]);
                 assert_true(err <= a0.d[t * nb + b] * Q8_ERR_FACTOR);
             }
             assert_int_equal(a0.sum[t * nb + b], sum);
@@ -171,7 +174,8 @@ typedef struct mm_case_s {
 } mm_case_t;
 
 static int is_quant32(int t) {
-    return t == QL_DTYPE_Q4_0 || t == QL_DTYPE_Q4_1 || t == QL_DTYPE_Q5_0 || t == QL_DTYPE_Q5_1 || t == QL_DTYPE_Q8_0;
+    return t == QL_DTYPE_Q4_0 || t == QL_DTYPE_Q4_1 || t == QL_DTYPE_Q5_0 || t == QL_DTYPE_Q5_1 ||
+           t == QL_DTYPE_Q8_0;
 }
 
 static double max_err_seen; /* largest |err| / bound over the run, printed at the end */
@@ -186,7 +190,8 @@ static void check_matmul_case(const mm_case_t *c, uint64_t seed) {
     float *wf = malloc(sizeof(float) * (size_t)(n_in * n_out));
     for (int64_t r = 0; r < n_out; r++) {
         const float rs = 0.02f * (float)(1 + r % 5); /* rows of different scales */
-        for (int64_t i = 0; i < n_in; i++) wf[r * n_in + i] = rng_f(&rng, -rs, rs) + (i % 7 == 0 ? rs : 0.0f);
+        for (int64_t i = 0; i < n_in; i++)
+            wf[r * n_in + i] = rng_f(&rng, -rs, rs) + (i % 7 == 0 ? rs : 0.0f);
         assert_int_equal(ql_quantize_row(t, wf + r * n_in, wq + (size_t)r * row_bytes, n_in), 0);
         /* the reference weights: what the file holds, dequantized by model/quant.c */
         assert_int_equal(ql_dequantize_row(t, wq + (size_t)r * row_bytes, wf + r * n_in, n_in), 0);
@@ -213,8 +218,8 @@ static void check_matmul_case(const mm_case_t *c, uint64_t seed) {
         if (k > 0) {
             if (!same_bits(y0, y1, (size_t)(n_tok * n_out)))
                 fail_msg("%s: type %s n_in %lld n_out %lld n_tok %lld differs from portable",
-                         ql_cpu_isa_name(isas[k]), ql_dtype_name(t), (long long)n_in, (long long)n_out,
-                         (long long)n_tok);
+                         ql_cpu_isa_name(isas[k]), ql_dtype_name(t), (long long)n_in,
+                         (long long)n_out, (long long)n_tok);
             ql_cpu_weight_free(&w);
             continue;
         }
@@ -225,7 +230,8 @@ static void check_matmul_case(const mm_case_t *c, uint64_t seed) {
          * requantization (white-box: w._rows) */
         float *wk = malloc(sizeof(float) * (size_t)(n_in * n_out));
         for (int64_t r = 0; r < n_out; r++)
-            assert_int_equal(ql_dequantize_row(w._ktype, (const uint8_t *)w._rows + (size_t)r * w._row_bytes,
+            assert_int_equal(ql_dequantize_row(w._ktype,
+                                               (const uint8_t *)w._rows + (size_t)r * w._row_bytes,
                                                wk + r * n_in, n_in),
                              0);
         for (int64_t tt = 0; tt < n_tok; tt++) {
@@ -275,8 +281,9 @@ static void check_matmul_case(const mm_case_t *c, uint64_t seed) {
                     const double err1 = gamma_n((double)(2 * nb + 2)) * tsum + 2.0 * U * abs_wxq;
                     const double e_exact = fabs(got - ref_q);
                     if (e_exact > err1 + 1e-30)
-                        fail_msg("%s n_in %lld row %lld tok %lld: |y - ref(x̂)| = %g > %g", ql_dtype_name(t),
-                                 (long long)n_in, (long long)r, (long long)tt, e_exact, err1);
+                        fail_msg("%s n_in %lld row %lld tok %lld: |y - ref(x̂)| = %g > %g",
+                                 ql_dtype_name(t), (long long)n_in, (long long)r, (long long)tt,
+                                 e_exact, err1);
                     bound = err1 + qerr;
                     if (t == QL_DTYPE_Q4_K || t == QL_DTYPE_Q6_K) {
                         /* (3) NOTE(kquant): requantizing to Q8_0 moves each weight by at most
@@ -297,9 +304,10 @@ static void check_matmul_case(const mm_case_t *c, uint64_t seed) {
                 }
                 const double err = fabs(got - ref_f);
                 if (err > bound + 1e-30)
-                    fail_msg("%s n_in %lld n_out %lld row %lld tok %lld: |y - ref| = %g > bound %g (y %g ref %g)",
-                             ql_dtype_name(t), (long long)n_in, (long long)n_out, (long long)r, (long long)tt, err,
-                             bound, got, ref_f);
+                    fail_msg("%s n_in %lld n_out %lld row %lld tok %lld: |y - ref| = %g > bound %g "
+                             "(y %g ref %g)",
+                             ql_dtype_name(t), (long long)n_in, (long long)n_out, (long long)r,
+                             (long long)tt, err, bound, got, ref_f);
                 if (bound > 0) max_err_seen = fmax(max_err_seen, err / bound);
             }
         }
@@ -316,8 +324,9 @@ static void check_matmul_case(const mm_case_t *c, uint64_t seed) {
 
 static void test_matmul_types(void **state) {
     (void)state;
-    static const int types[] = {QL_DTYPE_F32, QL_DTYPE_F16,  QL_DTYPE_BF16, QL_DTYPE_Q4_0, QL_DTYPE_Q4_1,
-                                QL_DTYPE_Q5_0, QL_DTYPE_Q5_1, QL_DTYPE_Q8_0, QL_DTYPE_Q4_K, QL_DTYPE_Q6_K};
+    static const int types[] = {QL_DTYPE_F32,  QL_DTYPE_F16,  QL_DTYPE_BF16, QL_DTYPE_Q4_0,
+                                QL_DTYPE_Q4_1, QL_DTYPE_Q5_0, QL_DTYPE_Q5_1, QL_DTYPE_Q8_0,
+                                QL_DTYPE_Q4_K, QL_DTYPE_Q6_K};
     static const int64_t n_outs[] = {1, 7, 8, 17, 40};
     static const int64_t n_toks[] = {1, 2, 3, 4, 5, 9, 67};
     uint64_t seed = 1;
@@ -340,7 +349,8 @@ static void test_matmul_types(void **state) {
         for (int i = 0; i < n_n; i++)
             for (size_t o = 0; o < QL_ARRAY_LEN(n_outs); o++)
                 for (size_t k = 0; k < QL_ARRAY_LEN(n_toks); k++) {
-                    if (n_ins[i] > 256 && n_toks[k] > 9 && n_outs[o] > 17) continue; /* keep it quick */
+                    if (n_ins[i] > 256 && n_toks[k] > 9 && n_outs[o] > 17)
+                        continue; /* keep it quick */
                     mm_case_t c = {t, n_ins[i], n_outs[o], n_toks[k]};
                     check_matmul_case(&c, seed++);
                 }
@@ -365,9 +375,11 @@ static void test_matmul_threads(void **state) {
     fill_act(&rng, x, n_tok, n_in);
     const size_t qb = ql_cpu_act_bytes(n_tok, n_in);
     void *qmem = aligned_alloc(64, qb);
-    float *ref = malloc(sizeof(float) * n_tok * n_out), *got = malloc(sizeof(float) * n_tok * n_out);
+    float *ref = malloc(sizeof(float) * n_tok * n_out),
+          *got = malloc(sizeof(float) * n_tok * n_out);
     ql_cpu_weight_t w;
-    assert_int_equal(ql_cpu_weight_init(&w, ql_cpu_isa_default(), QL_DTYPE_Q4_1, n_in, n_out, wq), 0);
+    assert_int_equal(ql_cpu_weight_init(&w, ql_cpu_isa_default(), QL_DTYPE_Q4_1, n_in, n_out, wq),
+                     0);
     ql_cpu_act_t a;
     ql_cpu_act_bind(&a, qmem, n_tok, n_in, x, n_in);
     ql_cpu_act_quantize(w.isa, &a, 0, n_tok);
@@ -396,11 +408,16 @@ static void test_weight_errors(void **state) {
     (void)state;
     ql_cpu_weight_t w;
     uint8_t buf[64] = {0};
-    assert_int_equal(ql_cpu_weight_init(&w, QL_CPU_ISA_PORTABLE, QL_DTYPE_Q4_0, 33, 1, buf), QL_EINVAL);
-    assert_int_equal(ql_cpu_weight_init(&w, QL_CPU_ISA_PORTABLE, QL_DTYPE_Q4_0, 32, 0, buf), QL_EINVAL);
-    assert_int_equal(ql_cpu_weight_init(&w, QL_CPU_ISA_PORTABLE, QL_DTYPE_Q4_0, 32, 1, NULL), QL_EINVAL);
-    assert_int_equal(ql_cpu_weight_init(&w, QL_CPU_ISA_PORTABLE, QL_DTYPE_I32, 32, 1, buf), QL_EUNSUPPORTED);
-    assert_int_equal(ql_cpu_weight_init(&w, QL_CPU_ISA_PORTABLE, QL_DTYPE_Q2_K, 256, 1, buf), QL_EUNSUPPORTED);
+    assert_int_equal(ql_cpu_weight_init(&w, QL_CPU_ISA_PORTABLE, QL_DTYPE_Q4_0, 33, 1, buf),
+                     QL_EINVAL);
+    assert_int_equal(ql_cpu_weight_init(&w, QL_CPU_ISA_PORTABLE, QL_DTYPE_Q4_0, 32, 0, buf),
+                     QL_EINVAL);
+    assert_int_equal(ql_cpu_weight_init(&w, QL_CPU_ISA_PORTABLE, QL_DTYPE_Q4_0, 32, 1, NULL),
+                     QL_EINVAL);
+    assert_int_equal(ql_cpu_weight_init(&w, QL_CPU_ISA_PORTABLE, QL_DTYPE_I32, 32, 1, buf),
+                     QL_EUNSUPPORTED);
+    assert_int_equal(ql_cpu_weight_init(&w, QL_CPU_ISA_PORTABLE, QL_DTYPE_Q2_K, 256, 1, buf),
+                     QL_EUNSUPPORTED);
     assert_int_equal(ql_cpu_weight_init(&w, QL_CPU_ISA_COUNT, QL_DTYPE_F32, 4, 1, buf), QL_EINVAL);
     ql_cpu_weight_free(&w); /* zeroed by the failed init: a no-op */
     assert_int_equal(ql_cpu_act_bytes(3, 33), 0);
@@ -441,7 +458,8 @@ static void test_vector_helpers(void **state) {
             assert_memory_equal(&y0[i], &want, 4);
         }
         for (int k = 1; k < n_isa; k++) {
-            const float d1 = ql_cpu_dot_f32(isas[k], a, b, n), e1 = ql_cpu_dot_f16_f32(isas[k], h, b, n);
+            const float d1 = ql_cpu_dot_f32(isas[k], a, b, n),
+                        e1 = ql_cpu_dot_f16_f32(isas[k], h, b, n);
             assert_memory_equal(&d1, &d0, 4);
             assert_memory_equal(&e1, &e0, 4);
             for (int i = 0; i < n; i++) y1[i] = b[i];
@@ -462,17 +480,15 @@ static void test_isa_choice(void **state) {
     unsetenv("QL_CPU_ISA");
     char buf[128];
     ql_cpu_features_str(ql_cpu_features(), buf, sizeof(buf));
-    print_message("cpu features: %s; default path %s\n", buf, ql_cpu_isa_name(ql_cpu_isa_default()));
+    print_message("cpu features: %s; default path %s\n", buf,
+                  ql_cpu_isa_name(ql_cpu_isa_default()));
 }
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_isa_choice),
-        cmocka_unit_test(test_fp16_conversions),
-        cmocka_unit_test(test_quantize_act),
-        cmocka_unit_test(test_vector_helpers),
-        cmocka_unit_test(test_weight_errors),
-        cmocka_unit_test(test_matmul_types),
+        cmocka_unit_test(test_isa_choice),     cmocka_unit_test(test_fp16_conversions),
+        cmocka_unit_test(test_quantize_act),   cmocka_unit_test(test_vector_helpers),
+        cmocka_unit_test(test_weight_errors),  cmocka_unit_test(test_matmul_types),
         cmocka_unit_test(test_matmul_threads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -63,7 +63,8 @@ static void test_rmsnorm(void **state) {
     ql_cpu_rmsnorm(z, z, w, n_tok, dim, eps);
     assert_memory_equal(z, y, sizeof(z));
     ql_cpu_rmsnorm(z, x, NULL, 1, dim, eps);
-    for (int i = 0; i < dim; i++) assert_true(fabsf(z[i] * w[i] - y[i]) <= 2.0f * (float)U * fabsf(y[i]) + 1e-30f);
+    for (int i = 0; i < dim; i++)
+        assert_true(fabsf(z[i] * w[i] - y[i]) <= 2.0f * (float)U * fabsf(y[i]) + 1e-30f);
 }
 
 /* ---- RoPE ---- */
@@ -74,7 +75,8 @@ static double angle(const ql_rope_params_t *p, int32_t pos, int i) {
     return (double)pos * p->freq_scale * pow(p->freq_base, -2.0 * i / p->n_rot) / ff;
 }
 
-static void check_rope(const ql_rope_params_t *p, int head_dim, int n_head, const int32_t *pos, int n_tok) {
+static void check_rope(const ql_rope_params_t *p, int head_dim, int n_head, const int32_t *pos,
+                       int n_tok) {
     uint64_t rng = 3;
     const int n = n_tok * n_head * head_dim;
     float *x = malloc(sizeof(float) * n), *y = malloc(sizeof(float) * n);
@@ -83,12 +85,14 @@ static void check_rope(const ql_rope_params_t *p, int head_dim, int n_head, cons
     ql_cpu_rope(p, y, pos, n_tok, n_head, head_dim);
     for (int t = 0; t < n_tok; t++) {
         for (int h = 0; h < n_head; h++) {
-            const float *xh = x + ((int64_t)t * n_head + h) * head_dim, *yh = y + ((int64_t)t * n_head + h) * head_dim;
+            const float *xh = x + ((int64_t)t * n_head + h) * head_dim,
+                        *yh = y + ((int64_t)t * n_head + h) * head_dim;
             for (int i = 0; i < p->n_rot / 2; i++) {
                 const int a = p->mode == QL_ROPE_MODE_NEOX ? i : 2 * i;
                 const int b = p->mode == QL_ROPE_MODE_NEOX ? i + p->n_rot / 2 : 2 * i + 1;
                 const double th = angle(p, pos[t], i);
-                const double r0 = xh[a] * cos(th) - xh[b] * sin(th), r1 = xh[a] * sin(th) + xh[b] * cos(th);
+                const double r0 = xh[a] * cos(th) - xh[b] * sin(th),
+                             r1 = xh[a] * sin(th) + xh[b] * cos(th);
                 /* NOTE(rope-theta): the angle is pos·s^i by i f32 multiplications after a
                  * powf (<= 1 ulp) and a divide and scale (2u): |Δθ| <= θ·(i + 4)·u. cosf and
                  * sinf add u each, the products and sum 2u·(|x0| + |x1|):
@@ -96,10 +100,11 @@ static void check_rope(const ql_rope_params_t *p, int head_dim, int n_head, cons
                 const double m = fabs(xh[a]) + fabs(xh[b]);
                 const double bound = m * (fabs(th) * (i + 4) * U + 4.0 * U) + 1e-30;
                 if (fabs(yh[a] - r0) > bound || fabs(yh[b] - r1) > bound)
-                    fail_msg("rope mode %d pos %d pair %d: (%g, %g) vs (%g, %g), bound %g", p->mode, pos[t], i, yh[a],
-                             yh[b], r0, r1, bound);
+                    fail_msg("rope mode %d pos %d pair %d: (%g, %g) vs (%g, %g), bound %g", p->mode,
+                             pos[t], i, yh[a], yh[b], r0, r1, bound);
             }
-            for (int i = p->n_rot; i < head_dim; i++) assert_memory_equal(&yh[i], &xh[i], 4); /* not rotated */
+            for (int i = p->n_rot; i < head_dim; i++)
+                assert_memory_equal(&yh[i], &xh[i], 4); /* not rotated */
         }
     }
     free(x);
@@ -111,7 +116,8 @@ static void test_rope(void **state) {
     const int32_t pos[] = {0, 1, 2, 17, 100, 1023, 4095, 32767};
     const int n_tok = (int)QL_ARRAY_LEN(pos);
     float ff[32];
-    for (int i = 0; i < 32; i++) ff[i] = i < 8 ? 1.0f : i < 20 ? 1.0f + (float)(i - 8) * 0.5f : 8.0f;
+    for (int i = 0; i < 32; i++)
+        ff[i] = i < 8 ? 1.0f : i < 20 ? 1.0f + (float)(i - 8) * 0.5f : 8.0f;
     for (int mode = 0; mode <= 1; mode++) {
         ql_rope_params_t p = {.mode = mode, .n_rot = 64, .freq_base = 10000.0f, .freq_scale = 1.0f};
         check_rope(&p, 64, 3, pos, n_tok);
@@ -123,7 +129,8 @@ static void test_rope(void **state) {
         p.freq_base = 500000.0f;
         p.freq_factors = ff; /* llama3 */
         check_rope(&p, 64, 2, pos, n_tok);
-        ql_rope_params_t partial = {.mode = mode, .n_rot = 32, .freq_base = 10000.0f, .freq_scale = 1.0f};
+        ql_rope_params_t partial = {
+            .mode = mode, .n_rot = 32, .freq_base = 10000.0f, .freq_scale = 1.0f};
         check_rope(&partial, 48, 2, pos, n_tok); /* rotary on part of the head */
     }
     /* the two layouts are one rotation under a permutation of the head, to the bit */
@@ -136,7 +143,8 @@ static void test_rope(void **state) {
             b[h * hd + i] = a[h * hd + 2 * i];
             b[h * hd + i + hd / 2] = a[h * hd + 2 * i + 1];
         }
-    ql_rope_params_t pn = {.mode = QL_ROPE_MODE_NORM, .n_rot = hd, .freq_base = 10000.0f, .freq_scale = 1.0f};
+    ql_rope_params_t pn = {
+        .mode = QL_ROPE_MODE_NORM, .n_rot = hd, .freq_base = 10000.0f, .freq_scale = 1.0f};
     ql_rope_params_t px = pn;
     px.mode = QL_ROPE_MODE_NEOX;
     const int32_t p77 = 77;
@@ -221,13 +229,15 @@ static void test_get_rows(void **state) {
     const int64_t n_rows = 11, dim = 64;
     float src[11 * 64], out[3 * 64], ref[64];
     for (int i = 0; i < n_rows * dim; i++) src[i] = rng_f(&rng, -1.0f, 1.0f);
-    const int types[] = {QL_DTYPE_F32, QL_DTYPE_F16, QL_DTYPE_BF16, QL_DTYPE_Q8_0, QL_DTYPE_Q4_1, QL_DTYPE_Q4_0};
+    const int types[] = {QL_DTYPE_F32,  QL_DTYPE_F16,  QL_DTYPE_BF16,
+                         QL_DTYPE_Q8_0, QL_DTYPE_Q4_1, QL_DTYPE_Q4_0};
     const int32_t ids[] = {10, 0, 10};
     for (size_t k = 0; k < QL_ARRAY_LEN(types); k++) {
         size_t rb;
         assert_int_equal(ql_dtype_row_bytes(types[k], dim, &rb), 0);
         uint8_t *tab = malloc(rb * n_rows);
-        for (int64_t r = 0; r < n_rows; r++) assert_int_equal(ql_quantize_row(types[k], src + r * dim, tab + r * rb, dim), 0);
+        for (int64_t r = 0; r < n_rows; r++)
+            assert_int_equal(ql_quantize_row(types[k], src + r * dim, tab + r * rb, dim), 0);
         assert_int_equal(ql_cpu_get_rows(out, tab, types[k], n_rows, dim, ids, 3), 0);
         for (int t = 0; t < 3; t++) {
             assert_int_equal(ql_dequantize_row(types[k], tab + ids[t] * rb, ref, dim), 0);
@@ -246,8 +256,8 @@ static void test_get_rows(void **state) {
 typedef struct attn_case_s {
     int n_head, n_kv_head, head_dim, block_size;
     int n_seqs;
-    int seq_len[4];  /* tokens in the cache per sequence */
-    int n_query[4];  /* the last n_query positions of each sequence are queries */
+    int seq_len[4]; /* tokens in the cache per sequence */
+    int n_query[4]; /* the last n_query positions of each sequence are queries */
 } attn_case_t;
 
 static void check_attention(const attn_case_t *c, uint64_t seed) {
@@ -258,7 +268,10 @@ static void check_attention(const attn_case_t *c, uint64_t seed) {
         max_blocks += (c->seq_len[s] + bs - 1) / bs;
         n_tok += c->n_query[s];
     }
-    ql_kv_layout_t kv = {.n_layer = 1, .n_kv_head = c->n_kv_head, .head_dim = hd, .block_size = bs,
+    ql_kv_layout_t kv = {.n_layer = 1,
+                         .n_kv_head = c->n_kv_head,
+                         .head_dim = hd,
+                         .block_size = bs,
                          .n_blocks = max_blocks * 2 + 3};
     const int64_t elems = ql_kv_layer_elems(&kv);
     uint16_t *kp = malloc(sizeof(uint16_t) * elems), *vp = malloc(sizeof(uint16_t) * elems);
@@ -304,10 +317,19 @@ static void check_attention(const attn_case_t *c, uint64_t seed) {
     float *q = malloc(sizeof(float) * qn), *out = malloc(sizeof(float) * qn);
     for (int64_t i = 0; i < qn; i++) q[i] = rng_f(&rng, -2.0f, 2.0f);
     const float scale = 1.0f / sqrtf((float)hd);
-    ql_cpu_attn_args_t a = {.kv = &kv, .k_pool = kp, .v_pool = vp, .q = q, .out = out, .n_tok = n_tok,
-                            .n_head = c->n_head, .pos = pos, .seq_of = seq_of,
-                            .block_tables = (const int32_t *const *)tables, .n_blocks = n_blocks,
-                            .n_seqs = c->n_seqs, .scale = scale};
+    ql_cpu_attn_args_t a = {.kv = &kv,
+                            .k_pool = kp,
+                            .v_pool = vp,
+                            .q = q,
+                            .out = out,
+                            .n_tok = n_tok,
+                            .n_head = c->n_head,
+                            .pos = pos,
+                            .seq_of = seq_of,
+                            .block_tables = (const int32_t *const *)tables,
+                            .n_blocks = n_blocks,
+                            .n_seqs = c->n_seqs,
+                            .scale = scale};
     assert_int_equal(ql_cpu_attention_ref(&a), 0);
 
     const int group = c->n_head / c->n_kv_head;
@@ -316,7 +338,8 @@ static void check_attention(const attn_case_t *c, uint64_t seed) {
         for (int h = 0; h < c->n_head; h++) {
             const int kvh = h / group;
             const float *qh = q + ((int64_t)t * c->n_head + h) * hd;
-            double *sc = malloc(sizeof(double) * np), mx = -INFINITY, sum = 0.0, eps_s = 0.0, rng_s = 0.0;
+            double *sc = malloc(sizeof(double) * np), mx = -INFINITY, sum = 0.0, eps_s = 0.0,
+                   rng_s = 0.0;
             for (int j = 0; j < np; j++) {
                 double dot = 0.0, adot = 0.0;
                 for (int i = 0; i < hd; i++) {
@@ -347,24 +370,28 @@ static void check_attention(const attn_case_t *c, uint64_t seed) {
                  * unnormalized Σ e_j v_j fma chain γ_np, ·(1/sum) 2u:
                  * |Δout| <= Σ p|v|·(2.01ε + (R + 2np + 6)u), R = max|s − max| (+1 for
                  * |Δmax|) */
-                const double bound = pv * (2.01 * eps_s + (rng_s + 1.0 + 2.0 * np + 6.0) * U) + 1e-30;
+                const double bound =
+                    pv * (2.01 * eps_s + (rng_s + 1.0 + 2.0 * np + 6.0) * U) + 1e-30;
                 assert_false(isnan(oh[i]));
                 if (fabs(oh[i] - ref) > bound)
-                    fail_msg("attention tok %d head %d dim %d: %g vs %g (bound %g)", t, h, i, oh[i], ref, bound);
+                    fail_msg("attention tok %d head %d dim %d: %g vs %g (bound %g)", t, h, i, oh[i],
+                             ref, bound);
             }
             free(sc);
         }
     }
     /* every SIMD path reproduces the reference's bits (white-box) */
-    float *scratch = malloc(sizeof(float) * group * (size_t)(c->seq_len[0] + c->seq_len[1] + c->seq_len[2] + c->seq_len[3] + 1));
+    float *scratch =
+        malloc(sizeof(float) * group *
+               (size_t)(c->seq_len[0] + c->seq_len[1] + c->seq_len[2] + c->seq_len[3] + 1));
     float *o2 = malloc(sizeof(float) * hd * group);
     for (int isa = 1; isa < QL_CPU_ISA_COUNT; isa++) {
         if (!ql_cpu_isa_supported((ql_cpu_isa_t)isa)) continue;
         for (int t = 0; t < n_tok; t++)
             for (int h = 0; h < c->n_kv_head; h++) {
                 const int64_t off = ((int64_t)t * c->n_head + (int64_t)h * group) * hd;
-                ql__cpu_attn_group((ql_cpu_isa_t)isa, &kv, kp, vp, h, tables[seq_of[t]], pos[t] + 1, q + off, o2, group,
-                                   scale, scratch);
+                ql__cpu_attn_group((ql_cpu_isa_t)isa, &kv, kp, vp, h, tables[seq_of[t]], pos[t] + 1,
+                                   q + off, o2, group, scale, scratch);
                 assert_memory_equal(o2, out + off, sizeof(float) * hd * group);
             }
     }
@@ -397,14 +424,25 @@ static void test_attention_paged(void **state) {
 
 static void test_attention_errors(void **state) {
     (void)state;
-    ql_kv_layout_t kv = {.n_layer = 1, .n_kv_head = 2, .head_dim = 8, .block_size = 4, .n_blocks = 2};
+    ql_kv_layout_t kv = {
+        .n_layer = 1, .n_kv_head = 2, .head_dim = 8, .block_size = 4, .n_blocks = 2};
     uint16_t pool[2 * 2 * 4 * 8] = {0};
     float q[4 * 8], out[4 * 8];
     int32_t tab[] = {1}, nb[] = {1}, pos[] = {4}, seq[] = {0};
     const int32_t *tabs[] = {tab};
-    ql_cpu_attn_args_t a = {.kv = &kv, .k_pool = pool, .v_pool = pool, .q = q, .out = out, .n_tok = 1,
-                            .n_head = 4, .pos = pos, .seq_of = seq, .block_tables = tabs, .n_blocks = nb,
-                            .n_seqs = 1, .scale = 1.0f};
+    ql_cpu_attn_args_t a = {.kv = &kv,
+                            .k_pool = pool,
+                            .v_pool = pool,
+                            .q = q,
+                            .out = out,
+                            .n_tok = 1,
+                            .n_head = 4,
+                            .pos = pos,
+                            .seq_of = seq,
+                            .block_tables = tabs,
+                            .n_blocks = nb,
+                            .n_seqs = 1,
+                            .scale = 1.0f};
     assert_int_equal(ql_cpu_attention_ref(&a), QL_EINVAL); /* position 4 needs a second block */
     pos[0] = 3;
     memset(q, 0, sizeof(q));

@@ -24,8 +24,8 @@ typedef struct job_s {
     ql_cpu_pool_t *pool;
     atomic_int calls;
     int seen[MAX_T];
-    int slot[MAX_T];      /* written by thread i in each phase */
-    int bad;              /* a thread saw a stale slot */
+    int slot[MAX_T]; /* written by thread i in each phase */
+    int bad;         /* a thread saw a stale slot */
     int nth_seen;
 } job_t;
 
