@@ -81,6 +81,7 @@ struct ql_conn_s {
                              request to dispatch */
     int no_more;          /* parse nothing more on this connection */
     int timed_out;        /* --request-timeout already reported */
+    char tail[2];         /* the last two bytes parsed and already dropped from `in` */
 
     /* the request being framed */
     uint64_t t_begin_ns;   /* its first byte */
@@ -570,10 +571,20 @@ static int check_chunk_crlf(ql_conn_t *c, const char *q, const char *end) {
 static int cb_chunk_header(llhttp_t *p) {
     ql_conn_t *c = p->data;
     c->chunk_left = p->content_length;
-    /* NOTE(trailers): the last chunk must be followed by CRLF at once: trailer fields are
-     * refused (llhttp 8 parses them leniently, and no OpenAI client sends any). */
-    if (c->chunk_left == 0) c->crlf_need = 2;
     return 0;
+}
+
+/* Header fields reach this callback only after the header block, i.e. as chunked trailers.
+ * NOTE(trailers): trailer fields are refused: llhttp 8 parses them with its lenient line rules,
+ * and no OpenAI client sends any. */
+static int cb_header_field(llhttp_t *p, const char *at, size_t len) {
+    ql_conn_t *c = p->data;
+    (void)at;
+    (void)len;
+    if (c->phase != PH_BODY) return 0;
+    c->fail_status = 400;
+    c->fail_msg = "trailer fields after a chunked body are not accepted";
+    return HPE_USER;
 }
 
 static int cb_body(llhttp_t *p, const char *at, size_t len) {
@@ -631,6 +642,7 @@ static const llhttp_settings_t *parser_settings(void) {
         st.on_message_begin = cb_message_begin;
         st.on_headers_complete = cb_headers_complete;
         st.on_chunk_header = cb_chunk_header;
+        st.on_header_field = cb_header_field;
         st.on_body = cb_body;
         st.on_message_complete = cb_message_complete;
         init = 1;
@@ -652,7 +664,9 @@ static int on_head(ql_conn_t *c, const char *block, size_t n) {
     c->keep_alive = llhttp_should_keep_alive(p);
     head_t h;
     const char *why = NULL;
-    int st = parse_head(cfg, block, n, &h, &why);
+    int st = 0;
+    if (n > cfg->max_header_bytes) st = 431, why = "request line and headers too large (--max-header-bytes)";
+    else st = parse_head(cfg, block, n, &h, &why);
     if (st) {
         reply_plain_error(c, st, "invalid_request_error", NULL, 1, "%s", why);
         return 1;
@@ -793,6 +807,16 @@ static void conn_fail(ql_conn_t *c, int status, const char *why) {
     reply_plain_error(c, status, type, NULL, 1, "%s", why);
 }
 
+/* Whether the two bytes parsed last are CRLF: what must end a chunked body (llhttp 8 takes a
+ * bare LF there). */
+static int parsed_ends_crlf(const ql_conn_t *c) {
+    char b[2];
+    if (c->parsed >= 2) memcpy(b, c->in + c->parsed - 2, 2);
+    else if (c->parsed == 1) b[0] = c->tail[1], b[1] = c->in[0];
+    else memcpy(b, c->tail, 2);
+    return b[0] == '\r' && b[1] == '\n';
+}
+
 /* Parses what `in` holds, as far as the connection's state allows. Never called from inside
  * api.c: an exchange that ends asks for it through schedule_resume. */
 static void conn_process(ql_conn_t *c) {
@@ -840,6 +864,10 @@ static void conn_process(ql_conn_t *c) {
                 if (!c->keep_alive) c->no_more = 1;
             }
         } else if (c->pause == PAUSE_COMPLETE) {
+            if ((c->parser.flags & F_CHUNKED) && !parsed_ends_crlf(c)) {
+                conn_fail(c, 400, "chunked body not ended by CRLF");
+                break;
+            }
             if (c->skip_complete) {
                 c->skip_complete = 0;
                 continue;
@@ -854,6 +882,8 @@ static void conn_process(ql_conn_t *c) {
     size_t keep_from = c->parsed;
     if (c->phase == PH_HEADERS && c->msg_start < keep_from) keep_from = c->msg_start;
     if (keep_from > 0) {
+        if (keep_from >= 2) memcpy(c->tail, c->in + keep_from - 2, 2);
+        else c->tail[0] = c->tail[1], c->tail[1] = c->in[0];
         memmove(c->in, c->in + keep_from, c->in_len - keep_from);
         c->in_len -= keep_from;
         c->parsed -= keep_from;
