@@ -4,11 +4,6 @@
  */
 #include "server/cmd.h"
 
-int ql_cmd_run(const ql_config_t *cfg) {
-    (void)cfg;
-    return ql_cmd_not_available("run", "generation (the CPU backend)");
-}
-
 int ql_cmd_bench(const ql_config_t *cfg) {
     (void)cfg;
     return ql_cmd_not_available("bench", "the serving benchmark");

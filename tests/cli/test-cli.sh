@@ -196,5 +196,87 @@ for s in "Hello world, the quick brown fox!" "int main(void) { return 0; }" "  t
 done
 rm -rf "$mk"
 
+# ---- quill run (server/cmd-run.c): usage and model errors, then generation on the default model ----
+expect 2 "run without --model" -- run -p hi
+has "$errf" "--model is required" "run names the missing --model"
+one_line "run without --model"
+expect 2 "run without -p" -- run --model /nonexistent/quill-none.gguf
+has "$errf" "-p/--prompt is required" "run names the missing -p"
+one_line "run without -p"
+expect 2 "run --temperature -1" -- run --model /nonexistent/quill-none.gguf -p hi --temperature -1
+has "$errf" "--temperature" "bad temperature named"
+one_line "run --temperature -1"
+expect 2 "run -n abc" -- run --model /nonexistent/quill-none.gguf -p hi -n abc
+has "$errf" "-n" "bad -n named"
+expect 2 "run --top-p 2" -- run --model /nonexistent/quill-none.gguf -p hi --top-p 2
+has "$errf" "--top-p" "bad top-p named"
+expect 2 "run --top-p 0" -- run --model /nonexistent/quill-none.gguf -p hi --top-p 0
+has "$errf" "--top-p: 0 is out of range" "top-p 0 refused, named"
+one_line "run --top-p 0"
+expect 2 "run with a stray argument" -- run --model /nonexistent/quill-none.gguf -p hi extra
+has "$errf" "'extra'" "stray argument named"
+one_line "run with a stray argument"
+badmodel=$(mktemp)
+printf 'garbage, not a GGUF file\n' >"$badmodel"
+expect 1 "run on a bad model file" -- run --model "$badmodel" -p hi
+has "$errf" "quill run: $badmodel" "run: bad model error names the file"
+one_line "run on a bad model file"
+rm -f "$badmodel"
+expect 1 "run on a missing model file" -- run --model /nonexistent/quill-none.gguf -p hi
+has "$errf" "No such file or directory" "run: missing model gives errno text"
+one_line "run on a missing model file"
+if "$Q" --version | grep -qE "cuda: not compiled in|cuda: compiled in, 0 device"; then
+    expect 1 "run --backend cuda without CUDA" -- run --model /nonexistent/quill-none.gguf -p hi --backend cuda
+    has "$errf" "--backend cuda: " "run: no CUDA says so"
+    has "$errf" "use --backend cpu" "run: no CUDA suggests the CPU backend"
+    one_line "run --backend cuda without CUDA"
+fi
+if [ -z "$M" ] || [ ! -f "$M" ]; then
+    echo "skip: quill run on the default model (QL_DEFAULT_MODEL unset or missing; make test sets it)"
+else
+    G=tests/fixtures/smollm2/greedy.txt
+    # field CASE KEY: the rest of line KEY of case CASE in greedy.txt (escaped as written there)
+    field() { awk -v c="$1" -v k="$2" '$1 == "case" { on = ($2 == c) } on && $1 == k { sub("^" k " ", ""); print; exit }' "$G"; }
+    # "exact" cases (every llama.cpp margin above the fixture's EXACT_MARGIN): quill's greedy text must be
+    # llama.cpp's, byte for byte (gentext: llama.cpp's own detokenization of its 64 tokens)
+    for c in count-text fr-repeat de-repeat; do
+        want=$(field $c gentext)
+        prompt=$(field $c text)
+        if [ -z "$want" ] || [ "$(awk -v c=$c '$1 == "case" && $2 == c { print $8 }' "$G")" != 1 ]; then
+            fail=$((fail + 1)); echo "FAIL: $c is not an exact case with a gentext line in $G"; continue
+        fi
+        expect 0 "run $c" -- run --model "$M" --log-level warn -n 64 -p "$(printf '%b' "$prompt")" &&
+            same "$out" "$(printf '%b' "$want")" "run $c: greedy text = llama.cpp's"
+        has "$errf" "generated 64 tokens" "run $c: 64 tokens"
+        has "$errf" "(-n reached)" "run $c: stopped by -n"
+        one_line "run $c: one stats line on stderr"
+    done
+    # --chat: the template around one user message, then the end-of-turn token stops it (llama.cpp's
+    # margins of chat-capital are all >= the fixture's TIE_MARGIN up to and including that token)
+    expect 0 "run --chat" -- run --model "$M" --log-level warn --chat -p "What is the capital of Japan?"
+    same "$out" "$(printf '%b' "$(field chat-capital gentext)")" "run --chat: greedy text = llama.cpp's"
+    has "$errf" "prompt $(awk '$1 == "case" && $2 == "chat-capital" { print $4 }' "$G") tokens" "run --chat: llama.cpp's prompt length"
+    has "$errf" "(end of text)" "run --chat: stops at the end of turn"
+    has "$errf" "tok/s" "run: speeds in tok/s"
+    one_line "run --chat: one stats line on stderr"
+    # stopping: -n with --ignore-eos, and the context
+    expect 0 "run -n 5 --ignore-eos" -- run --model "$M" --log-level warn --chat --ignore-eos -n 5 -p "What is the capital of Japan?"
+    has "$errf" "generated 5 tokens" "run -n 5: five tokens"
+    expect 0 "run --max-model-len 40" -- run --model "$M" --log-level warn --max-model-len 40 -n 64 -p "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"
+    has "$errf" "generated 10 tokens" "run: a 30-token prompt in a 40-token context generates 10"
+    has "$errf" "(context full: 40 tokens)" "run: says the context stopped it"
+    expect 1 "run with a prompt longer than the context" -- run --model "$M" --log-level warn --max-model-len 16 -p "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"
+    has "$errf" "the prompt is 30 tokens; the context holds 16" "run: prompt too long says so"
+    one_line "run with a prompt longer than the context"
+    # sampling: the same seed gives the same text, another seed another text
+    expect 0 "run --seed 7" -- run --model "$M" --log-level warn -n 24 --temperature 0.9 --seed 7 -p "Once upon a time"
+    cp "$out" "$out.a"
+    expect 0 "run --seed 7 again" -- run --model "$M" --log-level warn -n 24 --temperature 0.9 --seed 7 -p "Once upon a time"
+    if cmp -s "$out" "$out.a"; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL: run: same seed, different text"; fi
+    expect 0 "run --seed 8" -- run --model "$M" --log-level warn -n 24 --temperature 0.9 --seed 8 -p "Once upon a time"
+    if cmp -s "$out" "$out.a"; then fail=$((fail + 1)); echo "FAIL: run: seeds 7 and 8 gave the same text"; else pass=$((pass + 1)); fi
+    rm -f "$out.a"
+fi
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
