@@ -68,7 +68,9 @@ struct ql_sub_s {
     char message[256];
     /* the loop's */
     obuf_t rd;          /* the records being read, swapped with ob */
+    size_t rd_off;      /* [0, rd_off) of rd is read */
     int rd_final;       /* final_kind as swapped out */
+    int in_pending;     /* on the loop's list of subs with something to read */
     ql_sub_t *loop_next;
 };
 
@@ -919,39 +921,102 @@ static void read_final(ql_req_t *r, ql_sub_t *sb) {
     if (r->n_final == r->n_submitted && !r->failed && !r->done && r->conn) finish_response(r);
 }
 
+/* NOTE(loop-budget): one call reads for at most OUTBOX_BUDGET_NS, then wakes itself again, so a
+ * burst of engine events (a fast model, many streams, slow JSON in a debug build) never keeps
+ * the loop from its sockets: /metrics, new requests and cut-offs stay timely. Subs are read in
+ * turn (FIFO), each for up to OUTBOX_SLICE records at a time. */
+#define OUTBOX_BUDGET_NS (5ull * 1000000ull)
+#define OUTBOX_SLICE 64
+/* A connection's buffered output is sent once it reaches this, so the output cap is checked
+ * while a long backlog is being read, not after. */
+#define OUTBOX_FLUSH_BYTES (64u * 1024u)
+
+static void pending_push(ql_srv_t *s, ql_sub_t *sb) {
+    if (sb->in_pending) return;
+    sb->in_pending = 1;
+    sb->loop_next = NULL;
+    if (s->pending_tail) s->pending_tail->loop_next = sb;
+    else s->pending_head = sb;
+    s->pending_tail = sb;
+}
+
+static ql_sub_t *pending_pop(ql_srv_t *s) {
+    ql_sub_t *sb = s->pending_head;
+    if (!sb) return NULL;
+    s->pending_head = sb->loop_next;
+    if (!s->pending_head) s->pending_tail = NULL;
+    sb->loop_next = NULL;
+    sb->in_pending = 0;
+    return sb;
+}
+
 void ql__api_outbox_cb(uv_async_t *a) {
     ql_srv_t *s = a->data;
-    ql_sub_t *list = NULL;
     uv_mutex_lock(&s->outbox_mu);
-    for (ql_sub_t *sb = s->outbox_head; sb; sb = sb->ob_next) {
-        obuf_t t = sb->rd;
-        sb->rd = sb->ob;
-        t.len = 0;
-        sb->ob = t;
+    ql_sub_t *stack = s->outbox_head;
+    s->outbox_head = NULL;
+    /* the outbox is a stack: reverse it so subs are read in the order they spoke */
+    ql_sub_t *fifo = NULL;
+    while (stack) {
+        ql_sub_t *sb = stack;
+        stack = sb->ob_next;
+        if (sb->rd_off == sb->rd.len) { /* all read: swap the buffers */
+            obuf_t t = sb->rd;
+            sb->rd = sb->ob;
+            t.len = 0;
+            sb->ob = t;
+            sb->rd_off = 0;
+        } else if (sb->ob.len) { /* a backlog: append behind it */
+            size_t need = sb->rd.len + sb->ob.len;
+            if (need > sb->rd.cap) {
+                sb->rd.data = ql_xrealloc(sb->rd.data, need);
+                sb->rd.cap = need;
+            }
+            memcpy(sb->rd.data + sb->rd.len, sb->ob.data, sb->ob.len);
+            sb->rd.len = need;
+            sb->ob.len = 0;
+        }
         sb->rd_final = sb->final_kind;
         sb->ob_linked = 0;
-        sb->loop_next = list;
-        list = sb;
+        sb->ob_next = fifo;
+        fifo = sb;
     }
-    s->outbox_head = NULL;
     uv_mutex_unlock(&s->outbox_mu);
-    /* `list` is in arrival order again (the outbox is a stack) */
-    while (list) {
-        ql_sub_t *sb = list;
-        list = sb->loop_next;
+    /* `fifo` is reversed once more while pushing: oldest first */
+    ql_sub_t *rev = NULL;
+    while (fifo) {
+        ql_sub_t *sb = fifo;
+        fifo = sb->ob_next;
+        sb->ob_next = rev;
+        rev = sb;
+    }
+    for (ql_sub_t *sb = rev, *next; sb; sb = next) {
+        next = sb->ob_next;
+        pending_push(s, sb);
+    }
+
+    uint64_t t0 = ql_time_ns();
+    ql_sub_t *sb;
+    while ((sb = pending_pop(s)) != NULL) {
         ql_req_t *r = sb->req;
         r->refs++; /* held while reading: a flush may drop the connection's reference */
-        for (size_t off = 0; off < sb->rd.len;) {
-            const rec_t *rec = (const rec_t *)(sb->rd.data + off);
+        int n = 0;
+        while (sb->rd_off < sb->rd.len && n < OUTBOX_SLICE) {
+            const rec_t *rec = (const rec_t *)(sb->rd.data + sb->rd_off);
             read_record(r, sb, rec, (const char *)(rec + 1));
-            off += rec_size(rec->n_tokens, rec->has_lp, rec->text_len);
+            sb->rd_off += rec_size(rec->n_tokens, rec->has_lp, rec->text_len);
+            n++;
+            if (r->conn && ql__http_out_len(r->conn) >= OUTBOX_FLUSH_BYTES) ql__http_flush(r->conn);
         }
-        sb->rd.len = 0;
-        if (sb->rd_final && !sb->final_done) {
+        if (sb->rd_off < sb->rd.len) {
+            pending_push(s, sb); /* more next turn */
+        } else if (sb->rd_final && !sb->final_done) {
             read_final(r, sb);
             r->refs--; /* the sub's reference (r->refs stays >= 1: ours) */
         }
         if (r->conn) ql__http_flush(r->conn);
         req_unref(r);
+        if (ql_time_ns() - t0 > OUTBOX_BUDGET_NS) break;
     }
+    if (s->pending_head) uv_async_send(&s->outbox_async);
 }

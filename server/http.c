@@ -304,6 +304,7 @@ void ql__http_flush(ql_conn_t *c) {
 }
 
 int ql__http_started(const ql_conn_t *c) { return c->started; }
+size_t ql__http_out_len(const ql_conn_t *c) { return c->closing ? 0 : c->out.len; }
 void ql__http_set_req(ql_conn_t *c, ql_req_t *r) { c->req = r; }
 ql_req_t *ql__http_req(const ql_conn_t *c) { return c->req; }
 

@@ -145,6 +145,7 @@ struct ql_srv_s {
     uv_async_t outbox_async;
     uv_mutex_t outbox_mu;
     ql_sub_t *outbox_head;       /* requests with events to read (guarded by outbox_mu) */
+    ql_sub_t *pending_head, *pending_tail; /* the loop's: subs with records left to read */
     int n_reqs;                  /* API requests alive (preparing, in the engine, or detached) */
 
     /* readiness: the engine is making progress */
@@ -205,6 +206,8 @@ void ql__http_stream_end(ql_conn_t *c);
  *  --max-output-bytes, or a write error): the exchange's request is then detached through
  *  ql__api_conn_lost, so a caller must not use `c` after this call. */
 void ql__http_flush(ql_conn_t *c);
+/** Bytes buffered on `c` and not yet handed to libuv. */
+size_t ql__http_out_len(const ql_conn_t *c);
 /** 1 when the exchange's response has started (status line sent). */
 int ql__http_started(const ql_conn_t *c);
 

@@ -22,7 +22,7 @@ LONG = {"prompt": "hello there", "max_tokens": 20000, "temperature": 0, "ignore_
 class Disconnect(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.srv = Server(H.long_model(), "--max-output-bytes", "8192", "--max-num-seqs", "8")
+        cls.srv = Server(H.long_model(), "--max-output-bytes", "8192", "--max-num-seqs", "16")
         cls.port = cls.srv.port
 
     @classmethod
@@ -73,14 +73,19 @@ class Disconnect(unittest.TestCase):
     def test_stopped_reading(self):
         before = self.srv.metrics()["quill:http_cutoffs_total"]
         k = Sock(self.port, rcvbuf=4096)
-        k.send(post("/v1/completions", dict(LONG, stream=True, n=4, logprobs=5)))
+        # a big chunk per token (20 alternatives, 16 choices) fills the kernel's buffers sooner
+        k.send(post("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
+                                             "max_tokens": 20000, "ignore_eos": True, "stream": True,
+                                             "n": 16, "logprobs": True, "top_logprobs": 20}))
         # read nothing: the kernel buffers fill, the server's queue passes --max-output-bytes
-        deadline = time.time() + 30
+        t0 = time.time()
+        deadline = t0 + (120 if H.ASAN else 30)
         while time.time() < deadline:
             if self.srv.metrics()["quill:http_cutoffs_total"] > before:
                 break
             time.sleep(0.1)
         self.assertGreater(self.srv.metrics()["quill:http_cutoffs_total"], before, "cut off")
+        print(f"(cut off after {time.time() - t0:.1f} s)", end=" ", flush=True)
         self.srv.wait_baseline(timeout=10)
         k.close()
 

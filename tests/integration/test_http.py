@@ -121,7 +121,7 @@ class Http(unittest.TestCase):
         st, h, body = k.read_response(timeout=5)
         self.assertEqual(st, 413)
         self.assertIn(b"request_too_large", body)
-        self.assertLess(time.time() - t0, 0.9, "answered before any body or timeout")
+        self.assertLess(time.time() - t0, 0.9 if not H.ASAN else 2.5, "answered from the headers, before the 1 s body timeout")
         _, closed = k.read_until_close(5)
         self.assertTrue(closed)
         k.close()
@@ -139,7 +139,7 @@ class Http(unittest.TestCase):
         st, _, body = k.read_response(timeout=6)
         self.assertEqual(st, 408)
         self.assertIn(b"--header-timeout", body)
-        self.assertLess(time.time() - t0, 3.5)
+        self.assertLess(time.time() - t0, 5)
         _, closed = k.read_until_close(3)
         self.assertTrue(closed)
         k.close()
@@ -173,7 +173,7 @@ class Http(unittest.TestCase):
         st, _, body = k.read_response(timeout=6)
         self.assertEqual(st, 408)
         self.assertIn(b"--body-timeout", body)
-        self.assertLess(time.time() - t0, 3.5)
+        self.assertLess(time.time() - t0, 5)
         k.close()
 
     def test_idle_timeout(self):
