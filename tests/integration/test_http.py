@@ -121,7 +121,7 @@ class Http(unittest.TestCase):
         st, h, body = k.read_response(timeout=5)
         self.assertEqual(st, 413)
         self.assertIn(b"request_too_large", body)
-        self.assertLess(time.time() - t0, 0.9 if not H.ASAN else 2.5, "answered from the headers, before the 1 s body timeout")
+        self.assertLess(time.time() - t0, 2.5, "answered from the headers (a wait for the body would end in 408)")
         _, closed = k.read_until_close(5)
         self.assertTrue(closed)
         k.close()
