@@ -40,7 +40,7 @@ typedef struct rec_s {
     int32_t n_tokens;
     int32_t finish; /* ql_finish_reason_t */
     int32_t has_lp;
-    uint64_t t_ns;  /* when the engine emitted it */
+    uint64_t t_ns; /* when the engine emitted it */
     uint32_t text_len;
     uint32_t pad_;
 } rec_t;
@@ -54,23 +54,23 @@ typedef struct obuf_s {
 struct ql_sub_s {
     ql_req_t *req;
     ql_srv_t *srv;
-    int32_t index;      /* prompt index */
+    int32_t index; /* prompt index */
     uint64_t handle;
-    int submitted;      /* a final event will come */
-    int final_done;     /* its final event was read (loop) */
+    int submitted;  /* a final event will come */
+    int final_done; /* its final event was read (loop) */
     /* written by the engine thread, under srv->outbox_mu */
     obuf_t ob;
     int ob_linked;
     ql_sub_t *ob_next;
-    int final_kind;     /* 0, or QL_ENGINE_EVENT_FINISHED / _ERROR */
+    int final_kind; /* 0, or QL_ENGINE_EVENT_FINISHED / _ERROR */
     ql_engine_stats_t stats;
     int status;
     char message[256];
     /* the loop's */
-    obuf_t rd;          /* the records being read, swapped with ob */
-    size_t rd_off;      /* [0, rd_off) of rd is read */
-    int rd_final;       /* final_kind as swapped out */
-    int in_pending;     /* on the loop's list of subs with something to read */
+    obuf_t rd;      /* the records being read, swapped with ob */
+    size_t rd_off;  /* [0, rd_off) of rd is read */
+    int rd_final;   /* final_kind as swapped out */
+    int in_pending; /* on the loop's list of subs with something to read */
     ql_sub_t *loop_next;
 };
 
@@ -80,14 +80,14 @@ typedef struct choice_s {
     ql_sample_result_t *lps; /* non-streamed: [n_lps] per token */
     int32_t *offsets;        /* [n_lps] characters before each token (completions) */
     int32_t n_lps, cap_lps;
-    int64_t chars;           /* characters of the tokens' pieces so far (text_offset) */
+    int64_t chars; /* characters of the tokens' pieces so far (text_offset) */
     ql_finish_reason_t finish;
-    uint64_t t_last_ns;      /* the last token's event (inter-token latency) */
+    uint64_t t_last_ns; /* the last token's event (inter-token latency) */
 } choice_t;
 
 struct ql_req_s {
     ql_srv_t *srv;
-    ql_conn_t *conn;         /* NULL once the exchange is over or the client is gone */
+    ql_conn_t *conn; /* NULL once the exchange is over or the client is gone */
     ql_route_t route;
     ql_proto_endpoint_t ep;
     int chat;
@@ -105,26 +105,26 @@ struct ql_req_s {
     ql_proto_error_t err;
     int prep_rc;
     int32_t n_prompts;
-    int32_t **prompt_ids;    /* [n_prompts] → [n_prompt_ids[i]] */
+    int32_t **prompt_ids; /* [n_prompts] → [n_prompt_ids[i]] */
     int32_t *n_prompt_ids;
-    const char **echo;       /* [n_prompts] echoed prompt text (completions with echo) */
+    const char **echo; /* [n_prompts] echoed prompt text (completions with echo) */
     size_t *echo_len;
     ql_logit_bias_t *bias;
     ql_stop_str_t *stops;
     ql_proto_buf_t prebuilt; /* /tokenize, /detokenize: the body */
 
     /* engine */
-    ql_sub_t *subs;          /* [n_prompts] */
+    ql_sub_t *subs; /* [n_prompts] */
     int32_t n_submitted;
     int32_t n_final;
-    int32_t n_choices;       /* n_prompts * n */
+    int32_t n_choices; /* n_prompts * n */
     choice_t *choices;
     ql_proto_usage_t usage;
     int stream;
-    int failed;              /* an error was answered */
-    int done;                /* the response is complete */
-    int cancelled;           /* we cancelled the subs (client gone, timeout, error) */
-    ql_arena_t scratch;      /* per chunk */
+    int failed;         /* an error was answered */
+    int done;           /* the response is complete */
+    int cancelled;      /* we cancelled the subs (client gone, timeout, error) */
+    ql_arena_t scratch; /* per chunk */
     ql_proto_buf_t sse;
 };
 
@@ -247,7 +247,8 @@ static int srv_ready(ql_srv_t *s, const char **why) {
         return *why = "the backend failed", 0;
     ql_engine_counters_t k;
     ql_engine_get_counters(s->engine, &k);
-    if (k.n_running + k.n_waiting > 0 && ql_time_ns() - s->t_last_progress_ns > QL_PROGRESS_STALL_NS)
+    if (k.n_running + k.n_waiting > 0 &&
+        ql_time_ns() - s->t_last_progress_ns > QL_PROGRESS_STALL_NS)
         return *why = "the engine has made no progress for 30 s", 0;
     return 1;
 }
@@ -346,7 +347,8 @@ static int chat_prompt(ql_req_t *r, int32_t **ids, int32_t *n_ids) {
     int rc = ql_chat_render(s->model.chat, msgs, (size_t)pr->n_messages, pr->add_generation_prompt,
                             &text, &len, err, sizeof err);
     if (rc == QL_EINVAL) {
-        ql_proto_error_invalid(&r->err, "messages", "%s", err[0] ? err : "the chat template refused the messages");
+        ql_proto_error_invalid(&r->err, "messages", "%s",
+                               err[0] ? err : "the chat template refused the messages");
         return rc;
     }
     if (rc != 0) return rc;
@@ -375,8 +377,10 @@ static int prepare_inner(ql_req_t *r) {
 
     if (r->ep == QL_PROTO_ENDPOINT_TOKENIZE) {
         int32_t *ids = NULL, n = 0;
-        if (pr->n_messages > 0) rc = chat_prompt(r, &ids, &n);
-        else rc = text_prompt(r, &pr->prompts[0], &ids, &n);
+        if (pr->n_messages > 0)
+            rc = chat_prompt(r, &ids, &n);
+        else
+            rc = text_prompt(r, &pr->prompts[0], &ids, &n);
         if (rc == 0) rc = ql_proto_tokenize_json(ids, n, s->lim.max_model_len, &r->prebuilt);
         return rc;
     }
@@ -389,9 +393,10 @@ static int prepare_inner(ql_req_t *r) {
     }
 
     if (r->ep == QL_PROTO_ENDPOINT_COMPLETIONS && pr->echo && (pr->logprobs || pr->top_logprobs)) {
-        ql_proto_error_invalid(&r->err, "echo",
-                               "echo with logprobs needs the prompt's logprobs, which quill does not "
-                               "compute; drop one of them");
+        ql_proto_error_invalid(
+            &r->err, "echo",
+            "echo with logprobs needs the prompt's logprobs, which quill does not "
+            "compute; drop one of them");
         return QL_EINVAL;
     }
     r->n_prompts = r->ep == QL_PROTO_ENDPOINT_CHAT ? 1 : pr->n_prompts;
@@ -459,8 +464,10 @@ static void prepare_work(uv_work_t *w) {
     ql_req_t *r = w->data;
     r->prep_rc = prepare_inner(r);
     if (r->prep_rc != 0 && r->err.status == 0) {
-        if (r->prep_rc == QL_ENOMEM) ql_proto_error_internal(&r->err, "out of memory");
-        else ql_proto_error_internal(&r->err, ql_strerror(r->prep_rc));
+        if (r->prep_rc == QL_ENOMEM)
+            ql_proto_error_internal(&r->err, "out of memory");
+        else
+            ql_proto_error_internal(&r->err, ql_strerror(r->prep_rc));
     }
 }
 
@@ -489,7 +496,8 @@ static void submit(ql_req_t *r) {
         ql_proto_error_queue_full(&e, k.n_waiting, retry);
         char extra[48];
         snprintf(extra, sizeof extra, "Retry-After: %d\r\n", retry);
-        QL_RLOG_INFO(r->id, "queue full (%d waiting, --max-queue %d): 429", k.n_waiting, s->cfg->max_queue);
+        QL_RLOG_INFO(r->id, "queue full (%d waiting, --max-queue %d): 429", k.n_waiting,
+                     s->cfg->max_queue);
         req_fail(r, &e, extra);
         return;
     }
@@ -539,10 +547,13 @@ static void submit(ql_req_t *r) {
                 ql_proto_error_context_length(&e, r->chat, s->lim.max_model_len, er.n_prompt,
                                               pr->max_tokens > 0 ? pr->max_tokens : -1);
                 break;
-            case QL_EINVAL: ql_proto_error_invalid(&e, NULL, "%s", err[0] ? err : "invalid request"); break;
+            case QL_EINVAL:
+                ql_proto_error_invalid(&e, NULL, "%s", err[0] ? err : "invalid request");
+                break;
             case QL_ESTATE:
-                ql_proto_error_unavailable(&e, ql_engine_healthy(s->engine) ? "the server is shutting down"
-                                                                             : "the backend failed");
+                ql_proto_error_unavailable(&e, ql_engine_healthy(s->engine)
+                                                   ? "the server is shutting down"
+                                                   : "the backend failed");
                 break;
             default: ql_proto_error_internal(&e, NULL); break;
             }
@@ -596,11 +607,17 @@ void ql__api_handle(ql_srv_t *s, ql_conn_t *c, const ql_exchange_t *x) {
     ql_arena_init(&r->scratch, 16 * 1024);
     switch (x->route) {
     case QL_ROUTE_COMPLETIONS: r->ep = QL_PROTO_ENDPOINT_COMPLETIONS; break;
-    case QL_ROUTE_CHAT: r->ep = QL_PROTO_ENDPOINT_CHAT; r->chat = 1; break;
+    case QL_ROUTE_CHAT:
+        r->ep = QL_PROTO_ENDPOINT_CHAT;
+        r->chat = 1;
+        break;
     case QL_ROUTE_TOKENIZE: r->ep = QL_PROTO_ENDPOINT_TOKENIZE; break;
     default: r->ep = QL_PROTO_ENDPOINT_DETOKENIZE; break;
     }
-    ql__api_new_id(s, r->chat ? "chatcmpl-" : r->ep == QL_PROTO_ENDPOINT_COMPLETIONS ? "cmpl-" : "tok-",
+    ql__api_new_id(s,
+                   r->chat                                  ? "chatcmpl-"
+                   : r->ep == QL_PROTO_ENDPOINT_COMPLETIONS ? "cmpl-"
+                                                            : "tok-",
                    r->id, sizeof r->id);
     r->body = ql_xmalloc(x->body_len + 1);
     memcpy(r->body, x->body, x->body_len);
@@ -644,8 +661,9 @@ static void on_engine_event(const ql_engine_event_t *ev, void *ud) {
         size_t sz = rec_size(ev->n_tokens, has_lp, ev->text_len);
         ob_reserve(&sb->ob, sz);
         char *p = sb->ob.data + sb->ob.len;
-        rec_t rec = {ev->choice, ev->n_tokens, (int32_t)ev->finish_reason, has_lp, now,
-                     (uint32_t)ev->text_len, 0};
+        rec_t rec = {ev->choice, ev->n_tokens, (int32_t)ev->finish_reason,
+                     has_lp,     now,          (uint32_t)ev->text_len,
+                     0};
         memcpy(p, &rec, sizeof rec);
         p += sizeof rec;
         memcpy(p, ev->tokens, (size_t)ev->n_tokens * sizeof(int32_t));
@@ -719,8 +737,8 @@ static int64_t token_chars(const ql_tok_t *tok, int32_t id) {
 }
 
 static void write_chunk(ql_req_t *r, const ql_proto_choice_t *ch) {
-    ql_proto_response_t resp = {r->id, r->created, r->srv->served_model, ch, 1, NULL,
-                                r->pr.include_usage};
+    ql_proto_response_t resp = {r->id, r->created, r->srv->served_model, ch,
+                                1,     NULL,       r->pr.include_usage};
     r->sse.len = 0;
     if (ql_proto_sse_chunks(r->ep, &resp, &r->sse) == 0 && r->sse.len)
         ql__http_stream_send(r->conn, r->sse.data, r->sse.len);
@@ -758,7 +776,9 @@ static void read_record(ql_req_t *r, ql_sub_t *sb, const rec_t *rec, const char 
     QL_ASSERT(idx >= 0 && idx < r->n_choices);
     choice_t *ch = &r->choices[idx];
     if (rec->n_tokens > 0) {
-        if (ch->t_last_ns) ql__hist_observe(&s->metrics.itl, (double)(rec->t_ns - ch->t_last_ns) * 1e-9 / rec->n_tokens);
+        if (ch->t_last_ns)
+            ql__hist_observe(&s->metrics.itl,
+                             (double)(rec->t_ns - ch->t_last_ns) * 1e-9 / rec->n_tokens);
         ch->t_last_ns = rec->t_ns;
     }
     if (rec->finish) ch->finish = (ql_finish_reason_t)rec->finish;
@@ -876,7 +896,8 @@ static void map_engine_error(ql_req_t *r, const ql_sub_t *sb, ql_proto_error_t *
     if (sb->status == QL_ECANCELED) {
         ql_proto_error_unavailable(e, "the server is shutting down; the request was not completed");
     } else if (sb->status == QL_ERANGE) {
-        ql_proto_error_invalid(e, NULL, "no token could be sampled: every token is banned (logit_bias)");
+        ql_proto_error_invalid(e, NULL,
+                               "no token could be sampled: every token is banned (logit_bias)");
     } else if (!ql_engine_healthy(s->engine)) {
         ql_proto_error_set(e, 500, "server_error", "backend_failure", NULL,
                            "the model backend failed; the request was not completed and the server "
@@ -904,8 +925,10 @@ static void read_final(ql_req_t *r, ql_sub_t *sb) {
         ql__hist_observe(&s->metrics.gen_len, st->n_completion_tokens);
         for (int32_t j = 0; j < r->pr.n; j++) {
             ql_finish_reason_t f = r->choices[sb->index * r->pr.n + j].finish;
-            if (f == QL_FINISH_REASON_LENGTH) s->metrics.success_length++;
-            else s->metrics.success_stop++;
+            if (f == QL_FINISH_REASON_LENGTH)
+                s->metrics.success_length++;
+            else
+                s->metrics.success_stop++;
         }
     } else {
         int ours = sb->status == QL_ECANCELED && r->cancelled;
@@ -935,8 +958,10 @@ static void pending_push(ql_srv_t *s, ql_sub_t *sb) {
     if (sb->in_pending) return;
     sb->in_pending = 1;
     sb->loop_next = NULL;
-    if (s->pending_tail) s->pending_tail->loop_next = sb;
-    else s->pending_head = sb;
+    if (s->pending_tail)
+        s->pending_tail->loop_next = sb;
+    else
+        s->pending_head = sb;
     s->pending_tail = sb;
 }
 

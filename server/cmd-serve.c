@@ -65,14 +65,16 @@ static void load_done(uv_work_t *w, int status) {
     s->state = QL_SRV_READY;
     QL_LOG_INFO("ready: model %s as \"%s\" (%s backend), context %d, %d blocks of %d tokens, "
                 "up to %d sequences, %d tokens per step",
-                cfg->model, s->served_model, ql_backend_info(s->model.backend)->name, s->lim.max_model_len,
-                s->lim.n_blocks, s->lim.block_size, s->lim.max_num_seqs, s->lim.max_batched_tokens);
+                cfg->model, s->served_model, ql_backend_info(s->model.backend)->name,
+                s->lim.max_model_len, s->lim.n_blocks, s->lim.block_size, s->lim.max_num_seqs,
+                s->lim.max_batched_tokens);
 }
 
 static void walk_close(uv_handle_t *h, void *arg) {
     (void)arg;
     if (!uv_is_closing(h)) {
-        QL_LOG_WARN("closing a handle left open (type %s)", uv_handle_type_name(uv_handle_get_type(h)));
+        QL_LOG_WARN("closing a handle left open (type %s)",
+                    uv_handle_type_name(uv_handle_get_type(h)));
         uv_close(h, NULL);
     }
 }
@@ -119,8 +121,9 @@ int ql_cmd_serve(const ql_config_t *cfg) {
         fprintf(stderr, "quill serve: %s\n", err);
         goto out;
     }
-    fprintf(stderr, "quill serve: listening on http://%s%s%s:%d\n", strchr(cfg->host, ':') ? "[" : "",
-            cfg->host, strchr(cfg->host, ':') ? "]" : "", s->port);
+    fprintf(stderr, "quill serve: listening on http://%s%s%s:%d\n",
+            strchr(cfg->host, ':') ? "[" : "", cfg->host, strchr(cfg->host, ':') ? "]" : "",
+            s->port);
     QL_LOG_INFO("loading %s", cfg->model);
     s->load_work.data = s;
     if (uv_queue_work(&loop, &s->load_work, load_work, load_done) != 0) {

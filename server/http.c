@@ -57,7 +57,7 @@ typedef enum phase_e {
 #define ORIGIN_MAX 512
 
 struct ql_conn_s {
-    uv_tcp_t tcp;  /* tcp.data = this */
+    uv_tcp_t tcp; /* tcp.data = this */
     ql_srv_t *srv;
     ql_conn_t *prev, *next;
     ql_conn_t *resume_next; /* srv->resume_head list */
@@ -87,7 +87,7 @@ struct ql_conn_s {
     uint64_t t_begin_ns;   /* its first byte */
     uint64_t t_headers_ns; /* its headers complete */
     int http_minor;
-    int method;            /* llhttp_method_t */
+    int method; /* llhttp_method_t */
     ql_route_t route;
     char *body;
     size_t body_len, body_cap;
@@ -95,14 +95,14 @@ struct ql_conn_s {
     int crlf_need;       /* CRLF bytes still to check after a chunk's data (2, 1, 0) */
     int fail_status;     /* set by a callback that refused the request */
     const char *fail_msg;
-    char cors[384];      /* CORS response header lines of this exchange ("" = none) */
+    char cors[384]; /* CORS response header lines of this exchange ("" = none) */
 
     /* the exchange */
-    ql_req_t *req;       /* api.c's request, NULL when answered at once */
-    int started;         /* status line written */
-    int chunked;         /* streaming with chunked transfer coding */
-    int stream_close;    /* streaming on HTTP/1.0: the body ends with the connection */
-    int keep_alive;      /* this exchange leaves the connection open */
+    ql_req_t *req;    /* api.c's request, NULL when answered at once */
+    int started;      /* status line written */
+    int chunked;      /* streaming with chunked transfer coding */
+    int stream_close; /* streaming on HTTP/1.0: the body ends with the connection */
+    int keep_alive;   /* this exchange leaves the connection open */
 
     /* output */
     ql_proto_buf_t out;  /* written by api.c, sent by ql__http_flush */
@@ -187,8 +187,10 @@ static void list_add(ql_srv_t *s, ql_conn_t *c) {
 }
 
 static void list_remove(ql_srv_t *s, ql_conn_t *c) {
-    if (c->prev) c->prev->next = c->next;
-    else s->conns = c->next;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        s->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     c->prev = c->next = NULL;
     s->n_conns--;
@@ -309,7 +311,8 @@ void ql__http_set_req(ql_conn_t *c, ql_req_t *r) { c->req = r; }
 ql_req_t *ql__http_req(const ql_conn_t *c) { return c->req; }
 
 /* Status line and common headers. */
-static void write_head(ql_conn_t *c, int status, const char *ctype, const char *extra, int64_t len) {
+static void write_head(ql_conn_t *c, int status, const char *ctype, const char *extra,
+                       int64_t len) {
     ql_srv_t *s = c->srv;
     ql__http_update_date(s);
     ql_proto_buf_t *o = &c->out;
@@ -320,8 +323,10 @@ static void write_head(ql_conn_t *c, int status, const char *ctype, const char *
     if (len >= 0) appendf(o, "Content-Length: %lld\r\n", (long long)len);
     if (c->cors[0]) append(o, c->cors, strlen(c->cors));
     if (extra) append(o, extra, strlen(extra));
-    if (!c->keep_alive) append(o, "Connection: close\r\n", 19);
-    else if (minor == 0) append(o, "Connection: keep-alive\r\n", 24);
+    if (!c->keep_alive)
+        append(o, "Connection: close\r\n", 19);
+    else if (minor == 0)
+        append(o, "Connection: keep-alive\r\n", 24);
     append(o, "\r\n", 2);
     c->started = 1;
     if (status >= 100 && status < 600) s->metrics.http_by_class[status / 100]++;
@@ -353,8 +358,8 @@ static void exchange_end(ql_conn_t *c) {
     schedule_resume(c);
 }
 
-void ql__http_reply(ql_conn_t *c, int status, const char *ctype, const char *extra, const char *body,
-                    size_t len) {
+void ql__http_reply(ql_conn_t *c, int status, const char *ctype, const char *extra,
+                    const char *body, size_t len) {
     if (c->closing) return;
     QL_ASSERT(!c->started);
     write_head(c, status, ctype, extra, (int64_t)len);
@@ -465,7 +470,8 @@ static int name_is(const char *p, size_t n, const char *lit) {
  * lines) and fills h. @return 0, or the status to refuse the request with: 400 (malformed),
  * 431 (request target over --max-request-line-bytes, more than --max-headers fields), 505
  * (a version other than HTTP/1.0 and HTTP/1.1). *why names the fault. */
-static int parse_head(const ql_config_t *cfg, const char *p, size_t n, head_t *h, const char **why) {
+static int parse_head(const ql_config_t *cfg, const char *p, size_t n, head_t *h,
+                      const char **why) {
     memset(h, 0, sizeof *h);
     size_t i = 0;
     while (i + 1 < n && p[i] == '\r' && p[i + 1] == '\n') i += 2; /* RFC 9112 2.2 */
@@ -504,17 +510,21 @@ static int parse_head(const ql_config_t *cfg, const char *p, size_t n, head_t *h
         while (i < n && (p[i] == ' ' || p[i] == '\t')) i++;
         size_t v0 = i;
         while (i < n && p[i] != '\r' && p[i] != '\n') {
-            if (!is_value_char((unsigned char)p[i])) return *why = "control byte in a header value", 400;
+            if (!is_value_char((unsigned char)p[i]))
+                return *why = "control byte in a header value", 400;
             i++;
         }
-        if (i + 1 >= n || p[i] != '\r' || p[i + 1] != '\n') return *why = "bare CR or LF in the header block", 400;
+        if (i + 1 >= n || p[i] != '\r' || p[i + 1] != '\n')
+            return *why = "bare CR or LF in the header block", 400;
         size_t v1 = i;
         while (v1 > v0 && (p[v1 - 1] == ' ' || p[v1 - 1] == '\t')) v1--;
         i += 2;
-        if (++h->n_fields > cfg->max_headers) return *why = "too many header fields (--max-headers)", 431;
+        if (++h->n_fields > cfg->max_headers)
+            return *why = "too many header fields (--max-headers)", 431;
         const char *name = p + f0, *val = p + v0;
         size_t nl = f1 - f0, vl = v1 - v0;
-        if (name_is(name, nl, "host")) h->n_host++;
+        if (name_is(name, nl, "host"))
+            h->n_host++;
         else if (name_is(name, nl, "authorization")) {
             h->n_authz++;
             h->authz = val;
@@ -531,7 +541,8 @@ static int parse_head(const ql_config_t *cfg, const char *p, size_t n, head_t *h
             h->has_acrm = 1;
         }
     }
-    if (i != n) return *why = "bytes after the header block", 400; /* cannot happen: llhttp ends it */
+    if (i != n)
+        return *why = "bytes after the header block", 400; /* cannot happen: llhttp ends it */
     return 0;
 }
 
@@ -666,14 +677,17 @@ static int on_head(ql_conn_t *c, const char *block, size_t n) {
     head_t h;
     const char *why = NULL;
     int st = 0;
-    if (n > cfg->max_header_bytes) st = 431, why = "request line and headers too large (--max-header-bytes)";
-    else st = parse_head(cfg, block, n, &h, &why);
+    if (n > cfg->max_header_bytes)
+        st = 431, why = "request line and headers too large (--max-header-bytes)";
+    else
+        st = parse_head(cfg, block, n, &h, &why);
     if (st) {
         reply_plain_error(c, st, "invalid_request_error", NULL, 1, "%s", why);
         return 1;
     }
     if (p->http_major != 1) {
-        reply_plain_error(c, 505, "invalid_request_error", NULL, 1, "only HTTP/1.0 and HTTP/1.1 are served");
+        reply_plain_error(c, 505, "invalid_request_error", NULL, 1,
+                          "only HTTP/1.0 and HTTP/1.1 are served");
         return 1;
     }
     if (p->http_minor == 1 && h.n_host != 1) {
@@ -687,7 +701,8 @@ static int on_head(ql_conn_t *c, const char *block, size_t n) {
         return 1;
     }
     if (h.n_authz > 1) {
-        reply_plain_error(c, 400, "invalid_request_error", NULL, 1, "more than one Authorization header");
+        reply_plain_error(c, 400, "invalid_request_error", NULL, 1,
+                          "more than one Authorization header");
         return 1;
     }
     /* NOTE(upgrade): quill speaks HTTP/1.1 only; a request asking to switch protocols is
@@ -695,7 +710,8 @@ static int on_head(ql_conn_t *c, const char *block, size_t n) {
      * something else. */
     if (h.has_upgrade || p->upgrade) c->keep_alive = 0;
 
-    int has_body = (p->flags & F_CHUNKED) || ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0);
+    int has_body =
+        (p->flags & F_CHUNKED) || ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0);
 
     /* CORS: the allowed origin's headers go on every response of this exchange */
     c->cors[0] = '\0';
@@ -742,7 +758,8 @@ static int on_head(ql_conn_t *c, const char *block, size_t n) {
     if (route == QL_ROUTE_NONE) {
         ql_proto_error_t e;
         char shown[96];
-        snprintf(shown, sizeof shown, "%.*s", (int)QL_MIN(h.target_len, sizeof shown - 1), h.target);
+        snprintf(shown, sizeof shown, "%.*s", (int)QL_MIN(h.target_len, sizeof shown - 1),
+                 h.target);
         ql_proto_error_route_not_found(&e, method, shown);
         if (has_body) c->keep_alive = 0;
         ql__http_reply_error(c, &e, NULL);
@@ -781,8 +798,9 @@ static int on_head(ql_conn_t *c, const char *block, size_t n) {
         route != QL_ROUTE_METRICS) {
         ql_proto_error_t e;
         ql_proto_error_unavailable(&e, s->state == QL_SRV_LOADING ? "the model is still loading"
-                                       : s->state == QL_SRV_FAULTED ? "the backend failed"
-                                                                    : "the server is shutting down");
+                                       : s->state == QL_SRV_FAULTED
+                                           ? "the backend failed"
+                                           : "the server is shutting down");
         c->keep_alive = c->keep_alive && s->state == QL_SRV_LOADING && !has_body;
         ql__http_reply_error(c, &e, s->state == QL_SRV_LOADING ? "Retry-After: 5\r\n" : NULL);
         return 1;
@@ -812,9 +830,12 @@ static void conn_fail(ql_conn_t *c, int status, const char *why) {
  * bare LF there). */
 static int parsed_ends_crlf(const ql_conn_t *c) {
     char b[2];
-    if (c->parsed >= 2) memcpy(b, c->in + c->parsed - 2, 2);
-    else if (c->parsed == 1) b[0] = c->tail[1], b[1] = c->in[0];
-    else memcpy(b, c->tail, 2);
+    if (c->parsed >= 2)
+        memcpy(b, c->in + c->parsed - 2, 2);
+    else if (c->parsed == 1)
+        b[0] = c->tail[1], b[1] = c->in[0];
+    else
+        memcpy(b, c->tail, 2);
     return b[0] == '\r' && b[1] == '\n';
 }
 
@@ -850,7 +871,8 @@ static void conn_process(ql_conn_t *c) {
             } else {
                 const char *why = llhttp_get_error_reason(&c->parser);
                 char msg[160];
-                snprintf(msg, sizeof msg, "malformed request: %s", why && *why ? why : llhttp_errno_name(e));
+                snprintf(msg, sizeof msg, "malformed request: %s",
+                         why && *why ? why : llhttp_errno_name(e));
                 conn_fail(c, 400, msg);
             }
             break;
@@ -883,8 +905,10 @@ static void conn_process(ql_conn_t *c) {
     size_t keep_from = c->parsed;
     if (c->phase == PH_HEADERS && c->msg_start < keep_from) keep_from = c->msg_start;
     if (keep_from > 0) {
-        if (keep_from >= 2) memcpy(c->tail, c->in + keep_from - 2, 2);
-        else c->tail[0] = c->tail[1], c->tail[1] = c->in[0];
+        if (keep_from >= 2)
+            memcpy(c->tail, c->in + keep_from - 2, 2);
+        else
+            c->tail[0] = c->tail[1], c->tail[1] = c->in[0];
         memmove(c->in, c->in + keep_from, c->in_len - keep_from);
         c->in_len -= keep_from;
         c->parsed -= keep_from;
@@ -1012,7 +1036,8 @@ static void on_connection(uv_stream_t *server, int status) {
         s->metrics.conns_refused++;
         c->no_more = 1;
         reply_plain_error(c, 503, "server_error", "service_unavailable", 1,
-                          "too many open connections (--max-connections %d)", s->cfg->max_connections);
+                          "too many open connections (--max-connections %d)",
+                          s->cfg->max_connections);
         return;
     }
     read_start(c);
@@ -1024,8 +1049,10 @@ int ql__http_listen(ql_srv_t *s, char *err, size_t errlen) {
     struct sockaddr_storage ss;
     memset(&ss, 0, sizeof ss);
     int rc;
-    if (strchr(host, ':')) rc = uv_ip6_addr(host, s->cfg->port, (struct sockaddr_in6 *)&ss);
-    else rc = uv_ip4_addr(host, s->cfg->port, (struct sockaddr_in *)&ss);
+    if (strchr(host, ':'))
+        rc = uv_ip6_addr(host, s->cfg->port, (struct sockaddr_in6 *)&ss);
+    else
+        rc = uv_ip4_addr(host, s->cfg->port, (struct sockaddr_in *)&ss);
     if (rc != 0) {
         snprintf(err, errlen, "--host %s: not an IPv4 or IPv6 address", s->cfg->host);
         return QL_EIO;
@@ -1036,7 +1063,8 @@ int ql__http_listen(ql_srv_t *s, char *err, size_t errlen) {
     rc = uv_tcp_bind(&s->listener, (const struct sockaddr *)&ss, 0);
     if (rc == 0) rc = uv_listen((uv_stream_t *)&s->listener, 511, on_connection);
     if (rc != 0) {
-        snprintf(err, errlen, "cannot listen on %s:%d: %s", s->cfg->host, s->cfg->port, uv_strerror(rc));
+        snprintf(err, errlen, "cannot listen on %s:%d: %s", s->cfg->host, s->cfg->port,
+                 uv_strerror(rc));
         return QL_EIO;
     }
     struct sockaddr_storage bound;
@@ -1090,9 +1118,10 @@ void ql__http_tick(ql_srv_t *s, uint64_t now) {
             if (now - c->t_begin_ns > secs_ns(cfg->header_timeout_s)) {
                 s->metrics.timeouts++;
                 c->no_more = 1;
-                reply_plain_error(c, 408, "invalid_request_error", "timeout", 1,
-                                  "the request's headers did not arrive within %d s (--header-timeout)",
-                                  cfg->header_timeout_s);
+                reply_plain_error(
+                    c, 408, "invalid_request_error", "timeout", 1,
+                    "the request's headers did not arrive within %d s (--header-timeout)",
+                    cfg->header_timeout_s);
             }
             break;
         case PH_BODY:

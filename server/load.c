@@ -23,7 +23,7 @@
 typedef struct faulty_s {
     ql_backend_t base; /* first: the header every backend starts with */
     ql_backend_t *inner;
-    long n_left;       /* forward passes that still succeed */
+    long n_left; /* forward passes that still succeed */
 } faulty_t;
 
 static int faulty_forward(ql_backend_t *be, const ql_batch_t *b, float *logits) {
@@ -53,7 +53,8 @@ static ql_backend_t *maybe_faulty(ql_backend_t *be) {
     f->base.info = *ql_backend_info(be);
     f->inner = be;
     f->n_left = strtol(v, NULL, 10);
-    QL_LOG_WARN("QL_TEST_FAIL_FORWARD_AFTER=%ld: forward passes fail after that many (a test)", f->n_left);
+    QL_LOG_WARN("QL_TEST_FAIL_FORWARD_AFTER=%ld: forward passes fail after that many (a test)",
+                f->n_left);
     return &f->base;
 }
 
@@ -102,7 +103,8 @@ int ql__load_model(const ql_config_t *cfg, ql_loaded_t *m, char *err, size_t err
             snprintf(err, errlen, "--chat-template: %s", m->chat_err);
             goto fail;
         }
-        QL_LOG_WARN("%s: no chat template (%s): /v1/chat/completions will answer 400", cfg->model, m->chat_err);
+        QL_LOG_WARN("%s: no chat template (%s): /v1/chat/completions will answer 400", cfg->model,
+                    m->chat_err);
         m->chat = NULL;
     }
 

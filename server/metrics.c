@@ -24,14 +24,16 @@
 #include "server/server-internal.h"
 
 /* vLLM's buckets (vllm/v1/metrics/loggers.py). */
-static const double k_ttft[] = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75,
-                                1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0};
-static const double k_itl[] = {0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75,
-                               1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0};
-static const double k_e2e[] = {0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0,
-                               30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0};
-static const double k_tokens[] = {1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000,
-                                  10000, 20000, 50000, 100000};
+static const double k_ttft[] = {0.001, 0.005, 0.01, 0.02,  0.04,  0.06,  0.08, 0.1,
+                                0.25,  0.5,   0.75, 1.0,   2.5,   5.0,   7.5,  10.0,
+                                20.0,  40.0,  80.0, 160.0, 640.0, 2560.0};
+static const double k_itl[] = {0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2,  0.3,  0.4, 0.5,
+                               0.75, 1.0,   2.5,  5.0,   7.5, 10.0, 20.0, 40.0, 80.0};
+static const double k_e2e[] = {0.3,  0.5,   0.8,   1.0,   1.5,   2.0,    2.5,
+                               5.0,  10.0,  15.0,  20.0,  30.0,  40.0,   50.0,
+                               60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0};
+static const double k_tokens[] = {1,   2,    5,    10,   20,    50,    100,   200,
+                                  500, 1000, 2000, 5000, 10000, 20000, 50000, 100000};
 
 static void hist_init(ql_hist_t *h, const double *b, int n) {
     memset(h, 0, sizeof *h);
@@ -104,7 +106,8 @@ static void hist(w_t *w, const char *name, const char *help, const ql_hist_t *h)
             (unsigned long long)cum);
     }
     cum += h->counts[h->n];
-    put(w, "%s_bucket{le=\"+Inf\",model_name=\"%s\"} %llu\n", name, w->model, (unsigned long long)cum);
+    put(w, "%s_bucket{le=\"+Inf\",model_name=\"%s\"} %llu\n", name, w->model,
+        (unsigned long long)cum);
     put(w, "%s_count{model_name=\"%s\"} %llu\n", name, w->model, (unsigned long long)h->count);
     put(w, "%s_sum{model_name=\"%s\"} %.9g\n", name, w->model, h->sum);
 }
@@ -115,9 +118,12 @@ int ql__metrics_write(ql_srv_t *s, ql_proto_buf_t *out) {
     char model[256];
     size_t o = 0;
     for (const char *p = s->served_model ? s->served_model : ""; *p && o + 3 < sizeof model; p++) {
-        if (*p == '\\' || *p == '"') model[o++] = '\\', model[o++] = *p;
-        else if (*p == '\n') model[o++] = '\\', model[o++] = 'n';
-        else model[o++] = *p;
+        if (*p == '\\' || *p == '"')
+            model[o++] = '\\', model[o++] = *p;
+        else if (*p == '\n')
+            model[o++] = '\\', model[o++] = 'n';
+        else
+            model[o++] = *p;
     }
     model[o] = '\0';
     w_t w = {out, model, 0};
@@ -128,7 +134,8 @@ int ql__metrics_write(ql_srv_t *s, ql_proto_buf_t *out) {
 
     gauge(&w, "quill:num_requests_running", "Sequences in the running batch.", k.n_running);
     gauge(&w, "quill:num_requests_waiting", "Sequences waiting to be scheduled.", k.n_waiting);
-    gauge(&w, "quill:kv_cache_usage_perc", "KV-cache usage: 1 means 100 percent (blocks held by sequences).",
+    gauge(&w, "quill:kv_cache_usage_perc",
+          "KV-cache usage: 1 means 100 percent (blocks held by sequences).",
           k.kv_blocks_total ? (double)k.kv_blocks_used / k.kv_blocks_total : 0.0);
     gauge(&w, "quill:kv_cache_blocks_total", "KV-cache blocks in the pool.", k.kv_blocks_total);
     gauge(&w, "quill:kv_cache_blocks_used", "KV-cache blocks held by sequences.", k.kv_blocks_used);
@@ -136,8 +143,10 @@ int ql__metrics_write(ql_srv_t *s, ql_proto_buf_t *out) {
           k.kv_blocks_cached);
     counter(&w, "quill:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
             k.prefix_queries_tokens);
-    counter(&w, "quill:prefix_cache_hits", "Prompt tokens served by the prefix cache.", k.prefix_hits_tokens);
-    counter(&w, "quill:num_preemptions", "Preemptions (a sequence's KV freed for recompute).", k.n_preemptions);
+    counter(&w, "quill:prefix_cache_hits", "Prompt tokens served by the prefix cache.",
+            k.prefix_hits_tokens);
+    counter(&w, "quill:num_preemptions", "Preemptions (a sequence's KV freed for recompute).",
+            k.n_preemptions);
     counter(&w, "quill:prompt_tokens", "Prompt tokens processed.", k.n_prompt_tokens);
     counter(&w, "quill:generation_tokens", "Tokens generated.", k.n_generation_tokens);
     counter(&w, "quill:engine_steps", "Engine steps (forward passes).", k.n_steps);
@@ -145,28 +154,36 @@ int ql__metrics_write(ql_srv_t *s, ql_proto_buf_t *out) {
     head(&w, "quill:request_success", "counter", "Choices that finished, by finish reason.");
     put(&w, "quill:request_success_total{finished_reason=\"stop\",model_name=\"%s\"} %llu\n", model,
         (unsigned long long)m->success_stop);
-    put(&w, "quill:request_success_total{finished_reason=\"length\",model_name=\"%s\"} %llu\n", model,
-        (unsigned long long)m->success_length);
-    counter(&w, "quill:request_failure", "Requests that ended with a server-side error.", m->failed);
+    put(&w, "quill:request_success_total{finished_reason=\"length\",model_name=\"%s\"} %llu\n",
+        model, (unsigned long long)m->success_length);
+    counter(&w, "quill:request_failure", "Requests that ended with a server-side error.",
+            m->failed);
     counter(&w, "quill:request_cancelled", "Requests whose client went away.", m->cancelled);
 
-    hist(&w, "quill:time_to_first_token_seconds", "Time from arrival to the first token.", &m->ttft);
-    hist(&w, "quill:inter_token_latency_seconds", "Time between consecutive tokens of a choice.", &m->itl);
-    hist(&w, "quill:e2e_request_latency_seconds", "Time from arrival to the end of the request.", &m->e2e);
-    hist(&w, "quill:request_queue_time_seconds", "Time from submission to the first step.", &m->queue);
+    hist(&w, "quill:time_to_first_token_seconds", "Time from arrival to the first token.",
+         &m->ttft);
+    hist(&w, "quill:inter_token_latency_seconds", "Time between consecutive tokens of a choice.",
+         &m->itl);
+    hist(&w, "quill:e2e_request_latency_seconds", "Time from arrival to the end of the request.",
+         &m->e2e);
+    hist(&w, "quill:request_queue_time_seconds", "Time from submission to the first step.",
+         &m->queue);
     hist(&w, "quill:request_prompt_tokens", "Prompt tokens per request.", &m->prompt_len);
     hist(&w, "quill:request_generation_tokens", "Generated tokens per request.", &m->gen_len);
 
     gauge(&w, "quill:http_connections", "Open client connections.", s->n_conns);
     counter(&w, "quill:http_connections_accepted", "Client connections accepted.", m->conns_total);
-    counter(&w, "quill:http_connections_refused", "Connections refused over --max-connections.", m->conns_refused);
-    counter(&w, "quill:http_cutoffs", "Connections cut off for not reading (--max-output-bytes).", m->cutoffs);
+    counter(&w, "quill:http_connections_refused", "Connections refused over --max-connections.",
+            m->conns_refused);
+    counter(&w, "quill:http_cutoffs", "Connections cut off for not reading (--max-output-bytes).",
+            m->cutoffs);
     counter(&w, "quill:http_timeouts", "Connections or requests ended by a timeout.", m->timeouts);
     head(&w, "quill:http_responses", "counter", "HTTP responses by status class.");
     for (int c = 1; c <= 5; c++)
         put(&w, "quill:http_responses_total{code=\"%dxx\",model_name=\"%s\"} %llu\n", c, model,
             (unsigned long long)m->http_by_class[c]);
-    gauge(&w, "quill:engine_healthy", "1 while the backend has not failed.", s->engine ? k.healthy : 0);
+    gauge(&w, "quill:engine_healthy", "1 while the backend has not failed.",
+          s->engine ? k.healthy : 0);
     gauge(&w, "quill:ready", "1 when /ready answers 200.", s->state == QL_SRV_READY && k.healthy);
     return w.rc;
 }

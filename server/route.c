@@ -32,9 +32,12 @@ int ql__route_target(const char *t, size_t n, ql_target_t *out) {
     if (t[0] != '/') {
         /* absolute-form (RFC 9112 3.2.2): the path after the authority is what counts */
         size_t skip;
-        if (n >= 7 && strncasecmp(t, "http://", 7) == 0) skip = 7;
-        else if (n >= 8 && strncasecmp(t, "https://", 8) == 0) skip = 8;
-        else return QL_EINVAL; /* authority-form, asterisk-form, garbage */
+        if (n >= 7 && strncasecmp(t, "http://", 7) == 0)
+            skip = 7;
+        else if (n >= 8 && strncasecmp(t, "https://", 8) == 0)
+            skip = 8;
+        else
+            return QL_EINVAL; /* authority-form, asterisk-form, garbage */
         i = skip;
         while (i < n && t[i] != '/' && t[i] != '?') i++;
         if (i == skip) return QL_EINVAL; /* no authority */
@@ -69,8 +72,10 @@ int ql__route_target(const char *t, size_t n, ql_target_t *out) {
         }
         if (!sep) {
             if (ch < 0x20 || ch == 0x7f) return QL_EINVAL;
-            if (seg_len + 1 >= sizeof seg) overflow = 1;
-            else seg[seg_len++] = (char)ch;
+            if (seg_len + 1 >= sizeof seg)
+                overflow = 1;
+            else
+                seg[seg_len++] = (char)ch;
             continue;
         }
         /* a segment ended */
@@ -177,7 +182,8 @@ int ql__route_cors(const ql_config_t *cfg, const char *origin, size_t n, char *o
         }
         if (strlen(o) == n && memcmp(o, origin, n) == 0) {
             if (n + 64 > cap) return 0;
-            snprintf(out, cap, "Access-Control-Allow-Origin: %.*s\r\nVary: Origin\r\n", (int)n, origin);
+            snprintf(out, cap, "Access-Control-Allow-Origin: %.*s\r\nVary: Origin\r\n", (int)n,
+                     origin);
             return 1;
         }
     }

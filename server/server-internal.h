@@ -36,12 +36,12 @@ typedef struct ql_sub_s ql_sub_t;
 
 /* Everything `quill serve` (and `quill run`) needs from a model file. */
 typedef struct ql_loaded_s {
-    ql_gguf_t *gguf;       /* the mapping the backend reads weights from */
+    ql_gguf_t *gguf; /* the mapping the backend reads weights from */
     ql_tok_t *tok;
-    ql_chat_t *chat;       /* NULL when the model has no usable template (chat requests → 400) */
-    char chat_err[256];    /* why chat is NULL */
+    ql_chat_t *chat;    /* NULL when the model has no usable template (chat requests → 400) */
+    char chat_err[256]; /* why chat is NULL */
     ql_backend_t *backend;
-    char *name;            /* the file's base name without .gguf (malloc'd) */
+    char *name; /* the file's base name without .gguf (malloc'd) */
 } ql_loaded_t;
 
 /** Opens cfg->model, builds its tokenizer, chat template (cfg->chat_template) and the backend
@@ -59,7 +59,7 @@ void ql__load_free(ql_loaded_t *m);
 
 /* A Prometheus histogram: cumulative counts are computed when written. */
 typedef struct ql_hist_s {
-    const double *bounds;  /* [n] upper bounds, ascending; +Inf is implicit */
+    const double *bounds; /* [n] upper bounds, ascending; +Inf is implicit */
     int n;
     uint64_t counts[QL_HIST_MAX_BUCKETS + 1]; /* [n + 1] per bucket (not cumulative) */
     double sum;
@@ -67,20 +67,20 @@ typedef struct ql_hist_s {
 } ql_hist_t;
 
 typedef struct ql_metrics_s {
-    ql_hist_t ttft;        /* time_to_first_token_seconds: arrival → first token */
-    ql_hist_t itl;         /* inter_token_latency_seconds: between tokens of a choice */
-    ql_hist_t e2e;         /* e2e_request_latency_seconds: arrival → final event */
-    ql_hist_t queue;       /* request_queue_time_seconds: submit → first scheduled */
-    ql_hist_t prompt_len;  /* request_prompt_tokens */
-    ql_hist_t gen_len;     /* request_generation_tokens */
+    ql_hist_t ttft;       /* time_to_first_token_seconds: arrival → first token */
+    ql_hist_t itl;        /* inter_token_latency_seconds: between tokens of a choice */
+    ql_hist_t e2e;        /* e2e_request_latency_seconds: arrival → final event */
+    ql_hist_t queue;      /* request_queue_time_seconds: submit → first scheduled */
+    ql_hist_t prompt_len; /* request_prompt_tokens */
+    ql_hist_t gen_len;    /* request_generation_tokens */
     uint64_t success_stop, success_length; /* request_success_total{finished_reason} */
-    uint64_t failed;       /* requests that ended with an error (not the client's doing) */
-    uint64_t cancelled;    /* requests whose client went away or timed out */
+    uint64_t failed;           /* requests that ended with an error (not the client's doing) */
+    uint64_t cancelled;        /* requests whose client went away or timed out */
     uint64_t http_by_class[6]; /* responses by status class (1xx..5xx), [0] unused */
-    uint64_t conns_total;  /* connections accepted */
-    uint64_t conns_refused; /* over --max-connections */
-    uint64_t cutoffs;      /* connections cut off for not reading (--max-output-bytes) */
-    uint64_t timeouts;     /* connections closed by a header/body/idle/request timeout */
+    uint64_t conns_total;      /* connections accepted */
+    uint64_t conns_refused;    /* over --max-connections */
+    uint64_t cutoffs;          /* connections cut off for not reading (--max-output-bytes) */
+    uint64_t timeouts;         /* connections closed by a header/body/idle/request timeout */
 } ql_metrics_t;
 
 void ql__metrics_init(ql_metrics_t *m);
@@ -91,7 +91,7 @@ int ql__metrics_write(ql_srv_t *s, ql_proto_buf_t *out);
 /* ---- the server ---- */
 
 typedef enum ql_srv_state_e {
-    QL_SRV_LOADING = 0,  /* listening; the model is loading (/ready 503) */
+    QL_SRV_LOADING = 0, /* listening; the model is loading (/ready 503) */
     QL_SRV_READY = 1,
     QL_SRV_DRAINING = 2, /* SIGTERM: no new requests, in-flight ones finish */
     QL_SRV_FAULTED = 3,  /* the backend failed: in-flight requests ended, exit non-zero */
@@ -115,15 +115,15 @@ struct ql_srv_s {
     uv_loop_t *loop;
     const ql_config_t *cfg;
     ql_srv_state_t state;
-    int exit_code;               /* what ql_cmd_serve returns */
+    int exit_code; /* what ql_cmd_serve returns */
 
     /* model and engine (set once loading is done, loop thread) */
     ql_loaded_t model;
     int model_loaded;
     ql_engine_t *engine;
     ql_engine_limits_t lim;
-    char *served_model;          /* --served-model-name, else the file's base name */
-    int64_t created_s;           /* Unix time the server started: /v1/models' created */
+    char *served_model; /* --served-model-name, else the file's base name */
+    int64_t created_s;  /* Unix time the server started: /v1/models' created */
     uv_work_t load_work;
     int load_rc;
     char load_err[512];
@@ -131,22 +131,22 @@ struct ql_srv_s {
     /* listener and connections */
     uv_tcp_t listener;
     int listening;
-    int port;                    /* the bound port */
-    ql_conn_t *conns;            /* all open connections (doubly linked) */
+    int port;         /* the bound port */
+    ql_conn_t *conns; /* all open connections (doubly linked) */
     int n_conns;
     uint64_t next_conn_id;
-    char *read_buf;              /* [QL_READ_BUF_BYTES] shared by every read: libuv reads one
+    char *read_buf;         /* [QL_READ_BUF_BYTES] shared by every read: libuv reads one
                                     stream at a time and read_cb copies out */
-    uv_timer_t tick;             /* timeouts, readiness, draining: every QL_TICK_MS */
-    uv_idle_t resume_idle;       /* parses pipelined input of connections whose exchange ended */
-    ql_conn_t *resume_head;      /* connections waiting for resume_idle (singly linked) */
+    uv_timer_t tick;        /* timeouts, readiness, draining: every QL_TICK_MS */
+    uv_idle_t resume_idle;  /* parses pipelined input of connections whose exchange ended */
+    ql_conn_t *resume_head; /* connections waiting for resume_idle (singly linked) */
 
     /* engine → loop (api.c) */
     uv_async_t outbox_async;
     uv_mutex_t outbox_mu;
-    ql_sub_t *outbox_head;       /* requests with events to read (guarded by outbox_mu) */
+    ql_sub_t *outbox_head;                 /* requests with events to read (guarded by outbox_mu) */
     ql_sub_t *pending_head, *pending_tail; /* the loop's: subs with records left to read */
-    int n_reqs;                  /* API requests alive (preparing, in the engine, or detached) */
+    int n_reqs; /* API requests alive (preparing, in the engine, or detached) */
 
     /* readiness: the engine is making progress */
     uint64_t last_steps;
@@ -159,8 +159,8 @@ struct ql_srv_s {
     int aborted;                  /* the engine was told to abort */
 
     ql_metrics_t metrics;
-    uint64_t id_rng;              /* request ids (not a secret) */
-    char date[40];                /* the Date header value, refreshed each second */
+    uint64_t id_rng; /* request ids (not a secret) */
+    char date[40];   /* the Date header value, refreshed each second */
     int64_t date_s;
 };
 
@@ -192,8 +192,8 @@ void ql__http_update_date(ql_srv_t *s);
  * connection's output buffer; ql__http_flush sends it. A reply or a stream end finishes the
  * exchange: the request is detached from the connection, which reads the next (pipelined)
  * request or closes. `extra` is NULL or more header lines, each ending in "\r\n". */
-void ql__http_reply(ql_conn_t *c, int status, const char *ctype, const char *extra, const char *body,
-                    size_t len);
+void ql__http_reply(ql_conn_t *c, int status, const char *ctype, const char *extra,
+                    const char *body, size_t len);
 void ql__http_reply_error(ql_conn_t *c, const ql_proto_error_t *e, const char *extra);
 /** Sends a 200 with `ctype` whose body follows in pieces (chunked on HTTP/1.1; on HTTP/1.0 the
  *  body ends with the connection). */
@@ -215,8 +215,8 @@ int ql__http_started(const ql_conn_t *c);
 
 /* A request target made canonical: what routing and authentication both see. */
 typedef struct ql_target_s {
-    char path[256];   /* percent-decoded, "//" collapsed, "." and ".." resolved, no trailing "/" */
-    int too_long;     /* the canonical path did not fit: no route has such a path */
+    char path[256]; /* percent-decoded, "//" collapsed, "." and ".." resolved, no trailing "/" */
+    int too_long;   /* the canonical path did not fit: no route has such a path */
 } ql_target_t;
 
 /** Canonicalises a request target (origin-form "/p?q", or absolute-form "http://h/p?q"): the
@@ -247,7 +247,7 @@ int ql__route_cors(const ql_config_t *cfg, const char *origin, size_t origin_len
 /* What the HTTP layer hands the API layer when a request is complete. */
 typedef struct ql_exchange_s {
     ql_route_t route;
-    const char *body;     /* [body_len], the connection's: copy what outlives the call */
+    const char *body; /* [body_len], the connection's: copy what outlives the call */
     size_t body_len;
     uint64_t t_arrival_ns; /* first byte of the request */
 } ql_exchange_t;

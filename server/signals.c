@@ -81,7 +81,8 @@ void ql__srv_drain(ql_srv_t *s, const char *why) {
 
 void ql__srv_fault(ql_srv_t *s, const char *why) {
     if (s->state == QL_SRV_FAULTED || s->state == QL_SRV_STOPPING) return;
-    QL_LOG_ERROR("the backend failed (%s): failing in-flight requests, /ready is 503, exiting 1", why);
+    QL_LOG_ERROR("the backend failed (%s): failing in-flight requests, /ready is 503, exiting 1",
+                 why);
     s->exit_code = 1;
     s->state = QL_SRV_FAULTED;
     uint64_t now = ql_time_ns();
@@ -113,7 +114,8 @@ static void on_tick(uv_timer_t *t) {
     case QL_SRV_DRAINING:
     case QL_SRV_FAULTED:
         if (now >= s->t_drain_deadline_ns && !s->aborted) {
-            QL_LOG_WARN("--shutdown-timeout passed with %d request(s) in flight: aborting them", s->n_reqs);
+            QL_LOG_WARN("--shutdown-timeout passed with %d request(s) in flight: aborting them",
+                        s->n_reqs);
             begin_stop(s, now);
         }
         if (s->aborted && now >= s->t_stop_deadline_ns && s->n_conns > 0) {

@@ -82,7 +82,8 @@ static void test_routes(void **state) {
     assert_int_equal(ql__route_find("/v1/chat"), QL_ROUTE_NONE);
     assert_true(ql__route_open(QL_ROUTE_HEALTH));
     assert_true(ql__route_open(QL_ROUTE_READY));
-    for (int r = QL_ROUTE_METRICS; r < QL_ROUTE_COUNT; r++) assert_false(ql__route_open((ql_route_t)r));
+    for (int r = QL_ROUTE_METRICS; r < QL_ROUTE_COUNT; r++)
+        assert_false(ql__route_open((ql_route_t)r));
     assert_false(ql__route_open(QL_ROUTE_NONE)); /* deny by default */
     assert_string_equal(ql__route_method(QL_ROUTE_COMPLETIONS), "POST");
     assert_string_equal(ql__route_method(QL_ROUTE_MODELS), "GET");
@@ -142,8 +143,10 @@ static void test_cors(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_canonical_paths), cmocka_unit_test(test_long_path),
-        cmocka_unit_test(test_routes),          cmocka_unit_test(test_auth),
+        cmocka_unit_test(test_canonical_paths),
+        cmocka_unit_test(test_long_path),
+        cmocka_unit_test(test_routes),
+        cmocka_unit_test(test_auth),
         cmocka_unit_test(test_cors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
