@@ -12,6 +12,7 @@
  * (SIGTERM/SIGINT) or 1 (a backend fault).
  */
 #define QL_LOG_MODULE "serve"
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -86,6 +87,14 @@ int ql_cmd_serve(const ql_config_t *cfg) {
         fprintf(stderr, "quill serve: --model is required (a GGUF file; see quill serve --help)\n");
         return QL_EXIT_USAGE;
     }
+    /* a model that cannot even be opened fails before the listener is bound (make run tells a
+     * failed start from a server that ran by the "listening on" line) */
+    FILE *mf = fopen(cfg->model, "rb");
+    if (!mf) {
+        fprintf(stderr, "quill serve: cannot open %s: %s\n", cfg->model, strerror(errno));
+        return QL_EXIT_FAIL;
+    }
+    fclose(mf);
     /* a write to a socket the client closed must fail with EPIPE, not kill the process */
     signal(SIGPIPE, SIG_IGN);
 

@@ -110,6 +110,36 @@ class Shutdown(unittest.TestCase):
         self.assertNotIn("ERROR: LeakSanitizer", srv.log_text())
 
 
+class Startup(unittest.TestCase):
+    def run_serve(self, *args):
+        import subprocess
+        p = subprocess.run([H.QUILL, "serve", "--host", "127.0.0.1", *args], capture_output=True,
+                           timeout=60, stdin=subprocess.DEVNULL)
+        return p.returncode, p.stderr.decode(errors="replace")
+
+    def test_bad_starts(self):
+        rc, err = self.run_serve("--port", "0")
+        self.assertEqual(rc, 2)
+        self.assertIn("--model is required", err)
+        rc, err = self.run_serve("--port", "0", "--model", "/nonexistent/quill.gguf")
+        self.assertEqual(rc, 1)
+        self.assertIn("cannot open /nonexistent/quill.gguf", err)
+        self.assertNotIn("listening on", err, "fails before listening")
+        bad = H.os.path.join(H.TMP, "garbage.gguf")
+        with open(bad, "wb") as f:
+            f.write(b"not a gguf file\n" * 10)
+        rc, err = self.run_serve("--port", "0", "--model", bad)
+        self.assertEqual(rc, 1)
+        self.assertIn(bad, err)
+        srv = Server(H.tiny_model())
+        try:
+            rc, err = self.run_serve("--port", str(srv.port), "--model", H.tiny_model())
+            self.assertEqual(rc, 1)
+            self.assertIn("cannot listen on 127.0.0.1:%d" % srv.port, err)
+        finally:
+            srv.assert_clean_exit(self)
+
+
 if __name__ == "__main__":
     H.setup_from_argv()
     H.main()
