@@ -102,6 +102,7 @@ struct ql_conn_s {
     int started;      /* status line written */
     int chunked;      /* streaming with chunked transfer coding */
     int stream_close; /* streaming on HTTP/1.0: the body ends with the connection */
+    int streaming;    /* a streamed body is being produced (the output cap applies) */
     int keep_alive;   /* this exchange leaves the connection open */
 
     /* output */
@@ -293,9 +294,12 @@ void ql__http_flush(ql_conn_t *c) {
     }
     c->n_writes++;
     (void)len;
-    /* what libuv could not hand to the kernel: the client is not reading it */
+    /* NOTE(output-cap): what libuv could not hand to the kernel while a stream is produced: the
+     * client is not reading it. A response written whole (a large non-streamed body) may queue
+     * more than the cap for a moment and drain; only the write-stall timeout (--idle-timeout)
+     * applies to it. */
     size_t queued = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
-    if (queued > c->srv->cfg->max_output_bytes) {
+    if (c->streaming && queued > c->srv->cfg->max_output_bytes) {
         c->srv->metrics.cutoffs++;
         QL_LOG_WARN("conn %llu: %zu bytes of output queued (--max-output-bytes %llu): the client "
                     "stopped reading; cutting it off",
@@ -340,6 +344,7 @@ static void exchange_end(ql_conn_t *c) {
     c->req = NULL;
     c->started = 0;
     c->chunked = 0;
+    c->streaming = 0;
     c->cors[0] = '\0';
     c->phase = PH_IDLE;
     c->t_idle_ns = ql_time_ns();
@@ -384,6 +389,7 @@ void ql__http_stream_start(ql_conn_t *c, const char *ctype) {
     if (c->closing) return;
     QL_ASSERT(!c->started);
     const char *extra = "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n";
+    c->streaming = 1;
     if (c->http_minor == 0) {
         /* HTTP/1.0 has no chunked coding: the body ends when the connection does */
         c->keep_alive = 0;

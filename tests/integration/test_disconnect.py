@@ -89,6 +89,17 @@ class Disconnect(unittest.TestCase):
         self.srv.wait_baseline(timeout=10)
         k.close()
 
+    def test_large_body_to_a_reader_is_not_cut(self):
+        # a non-streamed body far above --max-output-bytes (8 KiB here) reaches a client that reads
+        before = self.srv.metrics()["quill:http_cutoffs_total"]
+        st, _, c = self.srv.post_json("/v1/chat/completions", {
+            "messages": [{"role": "user", "content": "hi"}], "max_tokens": 600, "ignore_eos": True,
+            "n": 8, "logprobs": True, "top_logprobs": 20}, timeout=120)
+        self.assertEqual(st, 200)
+        self.assertEqual(c["usage"]["completion_tokens"], 8 * 600)
+        self.assertEqual(len(c["choices"][7]["logprobs"]["content"]), 600)
+        self.assertEqual(self.srv.metrics()["quill:http_cutoffs_total"], before)
+
     def test_disconnect_while_waiting(self):
         srv = Server(H.long_model(), "--max-num-seqs", "1")
         try:
