@@ -685,8 +685,11 @@ static void on_engine_event(const ql_engine_event_t *ev, void *ud) {
         sb->ob_next = s->outbox_head;
         s->outbox_head = sb;
     }
-    uv_mutex_unlock(&s->outbox_mu);
+    /* NOTE(async-under-lock): woken before unlocking: once the lock is released the loop may
+     * read a final event, free the request and, its last one gone, close the async handle;
+     * nothing here may touch the server after the unlock */
     uv_async_send(&s->outbox_async);
+    uv_mutex_unlock(&s->outbox_mu);
 }
 
 /* ---- the loop's side: records → output ---- */
