@@ -836,6 +836,10 @@ static void read_record(ql_req_t *r, ql_sub_t *sb, const rec_t *rec, const char 
 static void finish_response(ql_req_t *r) {
     r->done = 1;
     ql_proto_usage_t *u = &r->usage;
+    QL_RLOG_INFO(r->id, "%s%s: %lld prompt tokens (%lld cached), %lld completion tokens, %.3f s",
+                 r->chat ? "chat" : "completion", r->stream ? " stream" : "",
+                 (long long)u->prompt_tokens, (long long)u->cached_tokens,
+                 (long long)u->completion_tokens, (double)(ql_time_ns() - r->t_arrival_ns) * 1e-9);
     if (r->stream) {
         ql_proto_buf_t b;
         ql_proto_buf_init(&b);

@@ -3,6 +3,7 @@
 # that has the openai SDK (scripts/test-venv.sh makes it on first use), else with python3 (the
 # SDK tests then skip, saying why). Exit 77 means skipped (CTest's SKIP_RETURN_CODE).
 set -u
+export PYTHONDONTWRITEBYTECODE=1 # nothing written into the source tree
 here=$(cd "$(dirname "$0")" && pwd)
 py=$("$here/../../scripts/test-venv.sh" | tail -n 1) || py=""
 if [ -z "$py" ] || [ ! -x "$py" ]; then
