@@ -37,14 +37,12 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "backend/backend.h"
-#include "cpu/cpu.h"
-#include "cuda/cuda.h"
 #include "model/chat.h"
 #include "model/gguf.h"
 #include "model/tokenizer.h"
 #include "scheduler/engine.h"
 #include "server/cmd.h"
+#include "server/server-internal.h"
 
 #define CMD "run"
 
@@ -61,52 +59,30 @@ static int fail_line(int code, const char *fmt, ...) {
 
 /* ---- the prompt ---- */
 
-/* Renders `text` as one user message with the generation prompt (as quill tokenize --chat).
- * On error prints the line and returns the exit code. */
-static int render_chat(const ql_config_t *cfg, const ql_gguf_t *g, const ql_tok_t *tok,
-                       const char *text, char **out, size_t *out_len) {
-    ql_gguf_str_t t = {NULL, 0};
-    int rc = ql_gguf_get_str(g, "tokenizer.chat_template", &t);
-    if (rc != 0 && rc != QL_ENOENT)
-        return fail_line(QL_EXIT_FAIL, "%s: tokenizer.chat_template is not a string", cfg->model);
-    int32_t bos = ql_tok_bos(tok), eos = ql_tok_eos(tok);
-    ql_chat_params_t p = {
-        .name = cfg->chat_template,
-        .tmpl = t.ptr,
-        .tmpl_len = (size_t)t.len,
-        .bos_token = bos >= 0 ? ql_tok_text(tok, bos, NULL) : NULL,
-        .eos_token = eos >= 0 ? ql_tok_text(tok, eos, NULL) : NULL,
-    };
-    ql_chat_t *chat = NULL;
-    char err[512];
-    rc = ql_chat_init(&p, &chat, err, sizeof err);
-    if (rc != 0) return fail_line(rc == QL_EINVAL ? QL_EXIT_USAGE : QL_EXIT_FAIL, "%s", err);
-    ql_chat_msg_t msg = {"user", text, strlen(text)};
-    rc = ql_chat_render(chat, &msg, 1, 1, out, out_len, err, sizeof err);
-    ql_chat_free(chat);
-    if (rc != 0) return fail_line(QL_EXIT_FAIL, "%s", err[0] ? err : ql_strerror(rc));
-    return QL_EXIT_OK;
-}
-
-/* Tokenizes the prompt into *ids (malloc'd). On error prints the line, returns the exit code. */
-static int tokenize_prompt(const ql_config_t *cfg, const ql_gguf_t *g, const ql_tok_t *tok,
-                           int32_t **ids, int32_t *n_ids) {
+/* Tokenizes the prompt into *ids (malloc'd): plain text as a completion prompt, or with --chat
+ * one user message in the model's template with the generation prompt (as quill tokenize
+ * --chat). On error prints the line and returns the exit code. */
+static int tokenize_prompt(const ql_config_t *cfg, const ql_loaded_t *m, int32_t **ids,
+                           int32_t *n_ids) {
     char *rendered = NULL;
     size_t len = strlen(cfg->prompt);
     const char *input = cfg->prompt;
     uint32_t flags = QL_TOK_ADD_SPECIAL;
     if (cfg->chat) {
-        int code = render_chat(cfg, g, tok, cfg->prompt, &rendered, &len);
-        if (code != QL_EXIT_OK) return code;
+        if (!m->chat) return fail_line(QL_EXIT_FAIL, "--chat: %s", m->chat_err);
+        char err[512] = "";
+        ql_chat_msg_t msg = {"user", cfg->prompt, len};
+        int rc = ql_chat_render(m->chat, &msg, 1, 1, &rendered, &len, err, sizeof err);
+        if (rc != 0) return fail_line(QL_EXIT_FAIL, "%s", err[0] ? err : ql_strerror(rc));
         input = rendered;
         flags = QL_TOK_PARSE_SPECIAL;
     }
     size_t n = 0;
     int32_t *v = NULL;
-    int rc = ql_tok_encode(tok, input, len, flags, NULL, 0, &n);
+    int rc = ql_tok_encode(m->tok, input, len, flags, NULL, 0, &n);
     if (rc == QL_ENOSPC || (rc == 0 && n > 0)) {
         v = malloc(n * sizeof(*v));
-        rc = v ? ql_tok_encode(tok, input, len, flags, v, n, &n) : QL_ENOMEM;
+        rc = v ? ql_tok_encode(m->tok, input, len, flags, v, n, &n) : QL_ENOMEM;
     }
     free(rendered);
     if (rc != 0) {
@@ -123,64 +99,6 @@ static int tokenize_prompt(const ql_config_t *cfg, const ql_gguf_t *g, const ql_
     }
     *ids = v;
     *n_ids = (int32_t)n;
-    return QL_EXIT_OK;
-}
-
-/* ---- the backend ---- */
-
-/* The backends this binary can build, in order of preference. */
-static int registry(ql_backend_reg_t *reg) {
-    memset(reg, 0, sizeof(*reg));
-    /* NOTE(registry): the CPU backend is the only one built today; the CUDA backend registers
-     * here, ahead of it, when it lands (auto then prefers it where a device exists). */
-    if (ql_backend_reg_add(reg, &ql_cpu_backend_desc) != 0)
-        return fail_line(QL_EXIT_FAIL, "internal error: cannot register the CPU backend");
-    return QL_EXIT_OK;
-}
-
-/* Checks, before anything is loaded, that --backend names a backend this build and machine
- * have. On error prints the line, returns the exit code. */
-static int check_backend(const ql_config_t *cfg) {
-    if (cfg->backend != QL_BACKEND_KIND_CUDA) return QL_EXIT_OK;
-    if (!ql_cuda_compiled())
-        return fail_line(QL_EXIT_FAIL,
-                         "--backend cuda: this build has no CUDA support (built without nvcc); "
-                         "use --backend cpu");
-    if (ql_cuda_device_count() == 0)
-        return fail_line(QL_EXIT_FAIL,
-                         "--backend cuda: no CUDA device found on this machine; use --backend cpu");
-    ql_backend_reg_t reg;
-    int code = registry(&reg);
-    if (code != QL_EXIT_OK) return code;
-    if (!ql_backend_reg_find(&reg, "cuda"))
-        return fail_line(QL_EXIT_FAIL,
-                         "--backend cuda: the CUDA backend is not available yet in this version; "
-                         "use --backend cpu");
-    return QL_EXIT_OK;
-}
-
-/* Builds the backend --backend names. On error prints the line, returns the exit code. */
-static int open_backend(const ql_config_t *cfg, const ql_gguf_t *g, ql_backend_t **out) {
-    ql_backend_reg_t reg;
-    int code = registry(&reg);
-    if (code != QL_EXIT_OK) return code;
-    const char *name = NULL; /* auto */
-    if (cfg->backend == QL_BACKEND_KIND_CPU) name = "cpu";
-    if (cfg->backend == QL_BACKEND_KIND_CUDA) name = "cuda";
-    ql_backend_params_t p = {
-        .n_threads = cfg->threads,
-        .kv_cache_bytes = cfg->kv_cache_bytes,
-        .gpu_memory_utilization = cfg->gpu_memory_utilization,
-        .block_size = cfg->block_size,
-        .n_batch_tokens_max = cfg->max_batched_tokens,
-        .n_seqs_max = 1,
-        .n_logits_max = 1, /* one sequence: one logits row per step */
-        .n_ctx_max = cfg->max_model_len,
-    };
-    char err[512] = "";
-    int rc = ql_backend_init(&reg, name, g, &p, out, err, sizeof err);
-    if (rc != 0)
-        return fail_line(QL_EXIT_FAIL, "%s: %s", cfg->model, err[0] ? err : ql_strerror(rc));
     return QL_EXIT_OK;
 }
 
@@ -254,33 +172,26 @@ int ql_cmd_run(const ql_config_t *cfg) {
                          "1 = off)",
                          cfg->top_p);
 
-    int code = check_backend(cfg);
-    if (code != QL_EXIT_OK) return code;
-    code = QL_EXIT_FAIL;
-    ql_gguf_t *g = NULL;
-    ql_tok_t *tok = NULL;
-    ql_backend_t *be = NULL;
+    char err[512] = "";
+    if (ql__load_check_backend(cfg, err, sizeof err) != 0) return fail_line(QL_EXIT_FAIL, "%s", err);
+    int code = QL_EXIT_FAIL;
+    ql_loaded_t m;
+    memset(&m, 0, sizeof m);
     ql_engine_t *eng = NULL;
     int32_t *ids = NULL, n_ids = 0;
-    char err[512] = "";
     run_state_t st;
     memset(&st, 0, sizeof(st));
     pthread_mutex_init(&st.mu, NULL);
     pthread_cond_init(&st.cv, NULL);
 
-    int rc = ql_gguf_open(cfg->model, &g, err, sizeof err);
+    /* one sequence: one logits row per step */
+    int rc = ql__load_model(cfg, 1, &m, err, sizeof err);
     if (rc != 0) {
-        code = fail_line(QL_EXIT_FAIL, "%s", err[0] ? err : ql_strerror(rc));
+        code = fail_line(rc == QL_EINVAL ? QL_EXIT_USAGE : QL_EXIT_FAIL, "%s",
+                         err[0] ? err : ql_strerror(rc));
         goto done;
     }
-    rc = ql_tok_init_from_gguf(g, &tok, err, sizeof err);
-    if (rc != 0) {
-        code = fail_line(QL_EXIT_FAIL, "%s: %s", cfg->model, err[0] ? err : ql_strerror(rc));
-        goto done;
-    }
-    code = tokenize_prompt(cfg, g, tok, &ids, &n_ids);
-    if (code != QL_EXIT_OK) goto done;
-    code = open_backend(cfg, g, &be);
+    code = tokenize_prompt(cfg, &m, &ids, &n_ids);
     if (code != QL_EXIT_OK) goto done;
     code = QL_EXIT_FAIL;
 
@@ -290,7 +201,7 @@ int ql_cmd_run(const ql_config_t *cfg) {
         .max_model_len = cfg->max_model_len,
         .disable_prefix_cache = 1, /* one request: nothing to share */
     };
-    rc = ql_engine_init(&ep, be, tok, &eng, err, sizeof err);
+    rc = ql_engine_init(&ep, m.backend, m.tok, &eng, err, sizeof err);
     if (rc != 0) {
         code = fail_line(QL_EXIT_FAIL, "%s", err[0] ? err : ql_strerror(rc));
         goto done;
@@ -372,10 +283,8 @@ int ql_cmd_run(const ql_config_t *cfg) {
 
 done:
     ql_engine_free(eng);
-    ql_backend_free(be);
     free(ids);
-    ql_tok_free(tok);
-    ql_gguf_free(g);
+    ql__load_free(&m);
     pthread_cond_destroy(&st.cv);
     pthread_mutex_destroy(&st.mu);
     return code;

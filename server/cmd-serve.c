@@ -25,7 +25,7 @@
 
 static void load_work(uv_work_t *w) {
     ql_srv_t *s = w->data;
-    s->load_rc = ql__load_model(s->cfg, &s->model, s->load_err, sizeof s->load_err);
+    s->load_rc = ql__load_model(s->cfg, 0, &s->model, s->load_err, sizeof s->load_err);
 }
 
 static void load_done(uv_work_t *w, int status) {

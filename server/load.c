@@ -68,7 +68,40 @@ static char *base_name(const char *path) {
     return ql_xstrndup(b, n);
 }
 
-int ql__load_model(const ql_config_t *cfg, ql_loaded_t *m, char *err, size_t errlen) {
+/* The backends this binary can build, in order of preference. */
+static void load_registry(ql_backend_reg_t *reg) {
+    memset(reg, 0, sizeof(*reg));
+    /* NOTE(registry): the CPU backend is the only one built today; the CUDA backend registers
+     * here, ahead of it, when it lands (auto then prefers it where a device exists). */
+    int rc = ql_backend_reg_add(reg, &ql_cpu_backend_desc);
+    QL_ASSERT(rc == 0);
+}
+
+/* The registry name --backend asks for; NULL = auto. */
+static const char *backend_name(const ql_config_t *cfg) {
+    if (cfg->backend == QL_BACKEND_KIND_CPU) return "cpu";
+    if (cfg->backend == QL_BACKEND_KIND_CUDA) return "cuda";
+    return NULL;
+}
+
+int ql__load_check_backend(const ql_config_t *cfg, char *err, size_t errlen) {
+    if (cfg->backend != QL_BACKEND_KIND_CUDA) return 0;
+    const char *why = NULL;
+    ql_backend_reg_t reg;
+    load_registry(&reg);
+    if (!ql_cuda_compiled())
+        why = "this build has no CUDA support (built without nvcc)";
+    else if (ql_cuda_device_count() == 0)
+        why = "no CUDA device found on this machine";
+    else if (!ql_backend_reg_find(&reg, "cuda"))
+        why = "the CUDA backend is not available yet in this version";
+    if (!why) return 0;
+    snprintf(err, errlen, "--backend cuda: %s; use --backend cpu", why);
+    return QL_EUNSUPPORTED;
+}
+
+int ql__load_model(const ql_config_t *cfg, int32_t n_seqs_max, ql_loaded_t *m, char *err,
+                   size_t errlen) {
     memset(m, 0, sizeof *m);
     char e[512] = "";
     int rc;
@@ -108,29 +141,23 @@ int ql__load_model(const ql_config_t *cfg, ql_loaded_t *m, char *err, size_t err
         m->chat = NULL;
     }
 
-    /* the backend: CPU (the CUDA backend registers ahead of it when it lands) */
-    if (cfg->backend == QL_BACKEND_KIND_CUDA) {
-        snprintf(err, errlen, "--backend cuda: %s; use --backend cpu",
-                 ql_cuda_compiled() ? "the CUDA backend is not available yet in this version"
-                                    : "this build has no CUDA support");
-        rc = QL_EUNSUPPORTED;
-        goto fail;
-    }
+    /* the backend: the registry's choice, or the one --backend names */
+    if ((rc = ql__load_check_backend(cfg, err, errlen)) != 0) goto fail;
     ql_backend_reg_t reg;
-    memset(&reg, 0, sizeof reg);
-    ql_backend_reg_add(&reg, &ql_cpu_backend_desc);
+    load_registry(&reg);
+    if (n_seqs_max <= 0) n_seqs_max = cfg->max_num_seqs;
     ql_backend_params_t bp = {
         .n_threads = cfg->threads,
         .kv_cache_bytes = cfg->kv_cache_bytes,
         .gpu_memory_utilization = cfg->gpu_memory_utilization,
         .block_size = cfg->block_size,
         .n_batch_tokens_max = cfg->max_batched_tokens,
-        .n_seqs_max = cfg->max_num_seqs,
-        .n_logits_max = cfg->max_num_seqs, /* one row per running sequence and step */
+        .n_seqs_max = n_seqs_max,
+        .n_logits_max = n_seqs_max, /* one row per running sequence and step */
         .n_ctx_max = cfg->max_model_len,
     };
     ql_backend_t *be = NULL;
-    if ((rc = ql_backend_init(&reg, NULL, m->gguf, &bp, &be, e, sizeof e)) != 0) {
+    if ((rc = ql_backend_init(&reg, backend_name(cfg), m->gguf, &bp, &be, e, sizeof e)) != 0) {
         snprintf(err, errlen, "%s: %s", cfg->model, e[0] ? e : ql_strerror(rc));
         goto fail;
     }

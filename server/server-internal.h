@@ -45,11 +45,16 @@ typedef struct ql_loaded_s {
 } ql_loaded_t;
 
 /** Opens cfg->model, builds its tokenizer, chat template (cfg->chat_template) and the backend
- *  (cfg->backend, threads, KV size, block size, batch limits, context). A model without a
- *  usable chat template still loads (chat stays NULL, chat_err says why) unless
- *  cfg->chat_template names one explicitly. On error writes one line into err.
- *  @return 0 or a QL_E* code; on error *m is zeroed. Thread: any (slow: seconds). */
-int ql__load_model(const ql_config_t *cfg, ql_loaded_t *m, char *err, size_t errlen);
+ *  (cfg->backend, threads, KV size, block size, batch limits, context) for n_seqs_max sequences
+ *  per step (<= 0: cfg->max_num_seqs). A model without a usable chat template still loads
+ *  (chat stays NULL, chat_err says why) unless cfg->chat_template names one explicitly. On
+ *  error writes one line into err. @return 0 or a QL_E* code (QL_EINVAL: a bad setting, such
+ *  as an unknown template name); on error *m is zeroed. Thread: any (slow: seconds). */
+int ql__load_model(const ql_config_t *cfg, int32_t n_seqs_max, ql_loaded_t *m, char *err,
+                   size_t errlen);
+/** Checks, before anything is loaded, that --backend names a backend this build and machine
+ *  have. On error writes one line into err. @return 0 or QL_EUNSUPPORTED. Thread: any. */
+int ql__load_check_backend(const ql_config_t *cfg, char *err, size_t errlen);
 /** Frees what ql__load_model built (the backend last but one, the mapping last). */
 void ql__load_free(ql_loaded_t *m);
 
