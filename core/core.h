@@ -56,6 +56,11 @@ typedef enum ql_status_e {
 /** Returns a static, human-readable string for a status code; never NULL. Thread: any. */
 QL_API const char *ql_strerror(int status);
 
+/** Writes one formatted line into a caller's error buffer err[errlen] (truncated to fit; NULL
+ *  or a zero length is a no-op): how functions that take (char *err, size_t errlen) report. */
+QL_API void ql_errf(char *err, size_t errlen, const char *fmt, ...) QL_PRINTF(3, 4);
+QL_API void ql_verrf(char *err, size_t errlen, const char *fmt, va_list ap);
+
 /* ---- logging ---- */
 
 typedef enum ql_log_level_e {

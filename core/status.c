@@ -3,6 +3,8 @@
  */
 #include "core/core.h"
 
+#include <stdio.h>
+
 const char *ql_strerror(int status) {
     switch (status) {
     case QL_OK: return "success";
@@ -24,4 +26,16 @@ const char *ql_strerror(int status) {
     case QL_EINTERNAL: return "internal error";
     default: return status > 0 ? "non-fatal outcome" : "unknown error";
     }
+}
+
+void ql_verrf(char *err, size_t errlen, const char *fmt, va_list ap) {
+    if (!err || errlen == 0) return;
+    vsnprintf(err, errlen, fmt, ap);
+}
+
+void ql_errf(char *err, size_t errlen, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    ql_verrf(err, errlen, fmt, ap);
+    va_end(ap);
 }

@@ -89,14 +89,6 @@ typedef struct cpu_backend_s {
     atomic_int ph_sleepers; /* threads asleep waiting for a phase */
 } cpu_backend_t;
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...) QL_PRINTF(3, 4);
-static void set_err(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || !errlen) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* ---- the step: phases of chunks ---- */
 
@@ -445,7 +437,7 @@ static int init_weight(cpu_backend_t *be, ql_cpu_weight_t *w, const ql_gguf_tens
                        size_t errlen) {
     int rc = ql_cpu_weight_init(w, be->isa, t->type, t->ne[0], t->ne[1], t->data);
     if (rc) {
-        set_err(err, errlen, "tensor %.*s (%s, %lld x %lld): %s", (int)t->name.len, t->name.ptr,
+        ql_errf(err, errlen, "tensor %.*s (%s, %lld x %lld): %s", (int)t->name.len, t->name.ptr,
                 ql_dtype_name(t->type) ? ql_dtype_name(t->type) : "?", (long long)t->ne[0],
                 (long long)t->ne[1],
                 rc == QL_EUNSUPPORTED ? "type not supported by the CPU backend" : ql_strerror(rc));
@@ -477,13 +469,13 @@ int ql_cpu_backend_init(const ql_gguf_t *g, const ql_backend_params_t *p, ql_bac
     if (rc) goto fail;
     const ql_hparams_t *hp = &be->hp;
     if (hp->rope_scaling == QL_ROPE_SCALING_YARN) {
-        set_err(err, errlen, "YaRN RoPE scaling is not supported by the CPU backend");
+        ql_errf(err, errlen, "YaRN RoPE scaling is not supported by the CPU backend");
         rc = QL_EUNSUPPORTED;
         goto fail;
     }
     if (hp->n_head % hp->n_head_kv || hp->n_head / hp->n_head_kv > QL__CPU_ATTN_GROUP_MAX ||
         hp->head_dim % 2) {
-        set_err(err, errlen, "attention shape (%u heads, %u KV heads, head_dim %u) not supported",
+        ql_errf(err, errlen, "attention shape (%u heads, %u KV heads, head_dim %u) not supported",
                 hp->n_head, hp->n_head_kv, hp->head_dim);
         rc = QL_EUNSUPPORTED;
         goto fail;
@@ -498,7 +490,7 @@ int ql_cpu_backend_init(const ql_gguf_t *g, const ql_backend_params_t *p, ql_bac
     if (n_ctx <= 0 || n_ctx > INT32_MAX / 2) n_ctx = 4096;
     if (block_size <= 0 || n_tok_max > (1 << 20) || n_seqs_max > (1 << 20) ||
         n_logits_max > (1 << 20) || block_size > 4096) {
-        set_err(err, errlen, "backend parameters out of range");
+        ql_errf(err, errlen, "backend parameters out of range");
         rc = QL_EINVAL;
         goto fail;
     }
@@ -523,7 +515,7 @@ int ql_cpu_backend_init(const ql_gguf_t *g, const ql_backend_params_t *p, ql_bac
         .freq_factors = f32_data(be->wt.rope_freqs),
     };
     if (be->n_embd % QL_CPU_QK || be->q_dim % QL_CPU_QK || be->n_ff % QL_CPU_QK) {
-        set_err(err, errlen, "widths (n_embd %lld, q_dim %lld, n_ff %lld) must be multiples of 32",
+        ql_errf(err, errlen, "widths (n_embd %lld, q_dim %lld, n_ff %lld) must be multiples of 32",
                 (long long)be->n_embd, (long long)be->q_dim, (long long)be->n_ff);
         rc = QL_EUNSUPPORTED;
         goto fail;
@@ -540,7 +532,7 @@ int ql_cpu_backend_init(const ql_gguf_t *g, const ql_backend_params_t *p, ql_bac
                              be->n_embd, &id0, 1);
         free(row);
         if (rc) {
-            set_err(err, errlen, "token_embd.weight: type %s cannot be gathered",
+            ql_errf(err, errlen, "token_embd.weight: type %s cannot be gathered",
                     ql_dtype_name(be->tok_embd->type) ? ql_dtype_name(be->tok_embd->type) : "?");
             rc = QL_EUNSUPPORTED;
             goto fail;
@@ -549,7 +541,7 @@ int ql_cpu_backend_init(const ql_gguf_t *g, const ql_backend_params_t *p, ql_bac
 
     rc = ql_cpu_pool_init(p->n_threads, &be->pool);
     if (rc) {
-        set_err(err, errlen, "cannot start %d threads", p->n_threads);
+        ql_errf(err, errlen, "cannot start %d threads", p->n_threads);
         goto fail;
     }
 
@@ -598,7 +590,7 @@ int ql_cpu_backend_init(const ql_gguf_t *g, const ql_backend_params_t *p, ql_bac
         QL_MIN(n_blocks, (uint64_t)n_seqs_max * blocks_per_seq); /* more could never be used */
     n_blocks = QL_MIN(n_blocks, (uint64_t)INT32_MAX / 2);
     if (n_blocks == 0) {
-        set_err(err, errlen,
+        ql_errf(err, errlen,
                 "KV cache budget of %llu bytes holds no block (one block is %llu bytes)",
                 (unsigned long long)budget, (unsigned long long)block_bytes);
         rc = QL_EINVAL;
@@ -614,7 +606,7 @@ int ql_cpu_backend_init(const ql_gguf_t *g, const ql_backend_params_t *p, ql_bac
     be->kv = calloc(1, kv_bytes); /* untouched pages cost nothing until used */
     be->block_mark = calloc((size_t)n_blocks, 1);
     if (!be->kv || !be->block_mark) {
-        set_err(err, errlen, "cannot allocate a KV cache of %zu bytes", kv_bytes);
+        ql_errf(err, errlen, "cannot allocate a KV cache of %zu bytes", kv_bytes);
         rc = QL_ENOMEM;
         goto fail;
     }
@@ -672,7 +664,7 @@ int ql_cpu_backend_init(const ql_gguf_t *g, const ql_backend_params_t *p, ql_bac
     info->kv_bytes = kv_bytes;
     info->weight_bytes = weight_bytes;
     if (be->n_vocab != (int64_t)hp->n_vocab) {
-        set_err(err, errlen, "output head has %lld rows, vocabulary %u", (long long)be->n_vocab,
+        ql_errf(err, errlen, "output head has %lld rows, vocabulary %u", (long long)be->n_vocab,
                 hp->n_vocab);
         rc = QL_EFORMAT;
         goto fail;

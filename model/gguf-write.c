@@ -268,14 +268,6 @@ int ql_gguf_writer_add_tensor(ql_gguf_writer_t *w, const char *name, ql_dtype_t 
 
 /* ---- writing ---- */
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...) QL_PRINTF(3, 4);
-static void set_err(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || errlen == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* Writes all n bytes, retrying short writes and EINTR. Returns 0 or -1 (errno set). */
 static int write_all(int fd, const void *p, size_t n) {
@@ -334,7 +326,7 @@ static int build_head(ql_gguf_writer_t *w, buf_t *head, size_t *max_size) {
 int ql_gguf_writer_write(ql_gguf_writer_t *w, const char *path, char *err, size_t errlen) {
     if (err && errlen) err[0] = '\0';
     if (!w || !path || !path[0]) {
-        set_err(err, errlen, "ql_gguf_writer_write: NULL writer or empty path");
+        ql_errf(err, errlen, "ql_gguf_writer_write: NULL writer or empty path");
         return QL_EINVAL;
     }
     buf_t head = {0};
@@ -344,12 +336,12 @@ int ql_gguf_writer_write(ql_gguf_writer_t *w, const char *path, char *err, size_
     char tmp[4096];
     tmp[0] = '\0';
     if (rc) {
-        set_err(err, errlen, "%s: %s building the header", path, ql_strerror(rc));
+        ql_errf(err, errlen, "%s: %s building the header", path, ql_strerror(rc));
         goto fail;
     }
     if (max_size > 0 && !(data = malloc(max_size))) {
         rc = QL_ENOMEM;
-        set_err(err, errlen, "%s: out of memory for a %zu-byte tensor buffer", path, max_size);
+        ql_errf(err, errlen, "%s: out of memory for a %zu-byte tensor buffer", path, max_size);
         goto fail;
     }
     /* NOTE(tmp-name): O_EXCL on a name unique to this process and moment, in the same folder
@@ -360,7 +352,7 @@ int ql_gguf_writer_write(ql_gguf_writer_t *w, const char *path, char *err, size_
         if (k < 0 || (size_t)k >= sizeof(tmp)) {
             rc = QL_EINVAL;
             tmp[0] = '\0';
-            set_err(err, errlen, "%s: path too long", path);
+            ql_errf(err, errlen, "%s: path too long", path);
             goto fail;
         }
         fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
@@ -368,7 +360,7 @@ int ql_gguf_writer_write(ql_gguf_writer_t *w, const char *path, char *err, size_
             int e = errno;
             tmp[0] = '\0';
             rc = QL_EIO;
-            set_err(err, errlen, "cannot create a temporary file next to %s: %s", path, strerror(e));
+            ql_errf(err, errlen, "cannot create a temporary file next to %s: %s", path, strerror(e));
             goto fail;
         }
     }
@@ -379,7 +371,7 @@ int ql_gguf_writer_write(ql_gguf_writer_t *w, const char *path, char *err, size_
             rc = t->fill(t->ud, i, data, (size_t)t->size);
             if (rc != 0) {
                 if (rc > 0) rc = QL_EINVAL;
-                set_err(err, errlen, "%s: filling tensor %lld '%s' failed: %s", path, (long long)i, t->name,
+                ql_errf(err, errlen, "%s: filling tensor %lld '%s' failed: %s", path, (long long)i, t->name,
                         ql_strerror(rc));
                 goto fail;
             }
@@ -398,7 +390,7 @@ int ql_gguf_writer_write(ql_gguf_writer_t *w, const char *path, char *err, size_
     if (rename(tmp, path) != 0) {
         int e = errno;
         rc = QL_EIO;
-        set_err(err, errlen, "cannot rename %s to %s: %s", tmp, path, strerror(e));
+        ql_errf(err, errlen, "cannot rename %s to %s: %s", tmp, path, strerror(e));
         goto fail;
     }
     free(head.p);
@@ -408,7 +400,7 @@ int ql_gguf_writer_write(ql_gguf_writer_t *w, const char *path, char *err, size_
 io_fail: {
     int e = errno;
     rc = QL_EIO;
-    set_err(err, errlen, "cannot write %s: %s", tmp, strerror(e));
+    ql_errf(err, errlen, "cannot write %s: %s", tmp, strerror(e));
 }
 fail:
     if (fd >= 0) close(fd);

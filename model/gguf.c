@@ -631,14 +631,6 @@ out:
 
 /* ---- open / free ---- */
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...) QL_PRINTF(3, 4);
-static void set_err(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || errlen == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static int open_common(ql_gguf_t *g, ql_gguf_t **out, char *err, size_t errlen) {
     int rc = parse(g, err, errlen);
@@ -653,13 +645,13 @@ static int open_common(ql_gguf_t *g, ql_gguf_t **out, char *err, size_t errlen) 
 int ql_gguf_open_mem(const void *data, size_t size, ql_gguf_t **out, char *err, size_t errlen) {
     if (err && errlen) err[0] = '\0';
     if (!out || (!data && size)) {
-        set_err(err, errlen, "ql_gguf_open_mem: NULL argument");
+        ql_errf(err, errlen, "ql_gguf_open_mem: NULL argument");
         return QL_EINVAL;
     }
     *out = NULL;
     ql_gguf_t *g = calloc(1, sizeof(*g));
     if (!g) {
-        set_err(err, errlen, "out of memory");
+        ql_errf(err, errlen, "out of memory");
         return QL_ENOMEM;
     }
     static const uint8_t k_empty[1];
@@ -671,39 +663,39 @@ int ql_gguf_open_mem(const void *data, size_t size, ql_gguf_t **out, char *err, 
 int ql_gguf_open(const char *path, ql_gguf_t **out, char *err, size_t errlen) {
     if (err && errlen) err[0] = '\0';
     if (!path || !out) {
-        set_err(err, errlen, "ql_gguf_open: NULL argument");
+        ql_errf(err, errlen, "ql_gguf_open: NULL argument");
         return QL_EINVAL;
     }
     *out = NULL;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         int e = errno;
-        set_err(err, errlen, "cannot open %s: %s", path, strerror(e));
+        ql_errf(err, errlen, "cannot open %s: %s", path, strerror(e));
         return e == ENOENT ? QL_ENOENT : QL_EIO;
     }
     struct stat st;
     if (fstat(fd, &st) != 0) {
         int e = errno;
         close(fd);
-        set_err(err, errlen, "cannot stat %s: %s", path, strerror(e));
+        ql_errf(err, errlen, "cannot stat %s: %s", path, strerror(e));
         return QL_EIO;
     }
     if (!S_ISREG(st.st_mode)) {
         close(fd);
-        set_err(err, errlen, "cannot read %s: %s", path,
+        ql_errf(err, errlen, "cannot read %s: %s", path,
                 S_ISDIR(st.st_mode) ? strerror(EISDIR) : "not a regular file");
         return QL_EIO;
     }
     if ((uint64_t)st.st_size > SIZE_MAX) {
         close(fd);
-        set_err(err, errlen, "cannot map %s: %llu bytes do not fit in memory", path,
+        ql_errf(err, errlen, "cannot map %s: %llu bytes do not fit in memory", path,
                 (unsigned long long)st.st_size);
         return QL_ENOMEM;
     }
     ql_gguf_t *g = calloc(1, sizeof(*g));
     if (!g) {
         close(fd);
-        set_err(err, errlen, "out of memory");
+        ql_errf(err, errlen, "out of memory");
         return QL_ENOMEM;
     }
     static const uint8_t k_empty[1];
@@ -715,7 +707,7 @@ int ql_gguf_open(const char *path, ql_gguf_t **out, char *err, size_t errlen) {
             int e = errno;
             close(fd);
             free(g);
-            set_err(err, errlen, "cannot map %s (%llu bytes): %s", path, (unsigned long long)st.st_size,
+            ql_errf(err, errlen, "cannot map %s (%llu bytes): %s", path, (unsigned long long)st.st_size,
                     strerror(e));
             return e == ENOMEM ? QL_ENOMEM : QL_EIO;
         }
@@ -726,7 +718,7 @@ int ql_gguf_open(const char *path, ql_gguf_t **out, char *err, size_t errlen) {
     char msg[384];
     msg[0] = '\0';
     int rc = open_common(g, out, msg, sizeof(msg));
-    if (rc) set_err(err, errlen, "%s: %s", path, msg);
+    if (rc) ql_errf(err, errlen, "%s: %s", path, msg);
     return rc;
 }
 

@@ -24,14 +24,6 @@
 /* Tensors every layer has: attn_norm, attn_{q,k,v,output}, ffn_norm, ffn_{gate,up,down}. */
 #define TENSORS_PER_LAYER 9u
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...) QL_PRINTF(3, 4);
-static void set_err(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || errlen == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static const char *type_name(const ql_gguf_t *g, int64_t i) {
     ql_gguf_type_t t = ql_gguf_kv_type(g, i);
@@ -67,7 +59,7 @@ static int key_u32(const reader_t *r, const char *suffix, int required, uint32_t
             *out = dflt;
             return 0;
         }
-        set_err(r->err, r->errlen, "missing key '%s'", key);
+        ql_errf(r->err, r->errlen, "missing key '%s'", key);
         return QL_EFORMAT;
     }
     ql_gguf_value_t v;
@@ -75,16 +67,16 @@ static int key_u32(const reader_t *r, const char *suffix, int required, uint32_t
     ql_gguf_kv_value(r->g, i, &v);
     int rc = ql_gguf_value_i64(&v, &x);
     if (v.type == QL_GGUF_TYPE_ARRAY) {
-        set_err(r->err, r->errlen, "key '%s' is an array (per-layer values are not supported)", key);
+        ql_errf(r->err, r->errlen, "key '%s' is an array (per-layer values are not supported)", key);
         return QL_EUNSUPPORTED;
     }
     if (rc == QL_ERANGE) x = INT64_MAX;
     else if (rc != 0 || v.type == QL_GGUF_TYPE_BOOL) {
-        set_err(r->err, r->errlen, "key '%s' has type %s, expected an unsigned integer", key, type_name(r->g, i));
+        ql_errf(r->err, r->errlen, "key '%s' has type %s, expected an unsigned integer", key, type_name(r->g, i));
         return QL_EFORMAT;
     }
     if (x < (int64_t)lo || x > (int64_t)hi) {
-        set_err(r->err, r->errlen, "key '%s' = %lld is out of range (%u..%u)", key, (long long)x, lo, hi);
+        ql_errf(r->err, r->errlen, "key '%s' = %lld is out of range (%u..%u)", key, (long long)x, lo, hi);
         return QL_EFORMAT;
     }
     *out = (uint32_t)x;
@@ -103,16 +95,16 @@ static int key_f32(const reader_t *r, const char *suffix, int required, float df
             *out = dflt;
             return 0;
         }
-        set_err(r->err, r->errlen, "missing key '%s'", key);
+        ql_errf(r->err, r->errlen, "missing key '%s'", key);
         return QL_EFORMAT;
     }
     float f;
     if (ql_gguf_get_f32(r->g, key, &f) != 0) {
-        set_err(r->err, r->errlen, "key '%s' has type %s, expected f32", key, type_name(r->g, i));
+        ql_errf(r->err, r->errlen, "key '%s' has type %s, expected f32", key, type_name(r->g, i));
         return QL_EFORMAT;
     }
     if (!isfinite(f) || !(f > lo) || f > hi) {
-        set_err(r->err, r->errlen, "key '%s' = %g is out of range (%g, %g]", key, (double)f, (double)lo,
+        ql_errf(r->err, r->errlen, "key '%s' = %g is out of range (%g, %g]", key, (double)f, (double)lo,
                 (double)hi);
         return QL_EFORMAT;
     }
@@ -134,11 +126,11 @@ static int read_arch(const ql_gguf_t *g, ql_hparams_t *hp, char *err, size_t err
     ql_gguf_str_t s;
     int rc = ql_gguf_get_str(g, "general.architecture", &s);
     if (rc == QL_ENOENT) {
-        set_err(err, errlen, "missing key 'general.architecture'");
+        ql_errf(err, errlen, "missing key 'general.architecture'");
         return QL_EFORMAT;
     }
     if (rc != 0) {
-        set_err(err, errlen, "key 'general.architecture' has type %s, expected string",
+        ql_errf(err, errlen, "key 'general.architecture' has type %s, expected string",
                 type_name(g, ql_gguf_find_key(g, "general.architecture")));
         return QL_EFORMAT;
     }
@@ -150,7 +142,7 @@ static int read_arch(const ql_gguf_t *g, ql_hparams_t *hp, char *err, size_t err
         }
     }
     char esc[160];
-    set_err(err, errlen, "unsupported architecture '%s' (supported: llama, qwen2)",
+    ql_errf(err, errlen, "unsupported architecture '%s' (supported: llama, qwen2)",
             ql_gguf_str_escape(s, 32, esc, sizeof(esc)));
     return QL_EUNSUPPORTED;
 }
@@ -164,7 +156,7 @@ static int read_vocab(const reader_t *r, ql_hparams_t *hp) {
     if (rc) return rc;
     if (i < 0) {
         if (!have_vs) {
-            set_err(r->err, r->errlen, "no vocabulary size: neither 'tokenizer.ggml.tokens' nor '%s.vocab_size'",
+            ql_errf(r->err, r->errlen, "no vocabulary size: neither 'tokenizer.ggml.tokens' nor '%s.vocab_size'",
                     r->arch);
             return QL_EFORMAT;
         }
@@ -172,18 +164,18 @@ static int read_vocab(const reader_t *r, ql_hparams_t *hp) {
         return 0;
     }
     if (ql_gguf_kv_type(r->g, i) != QL_GGUF_TYPE_ARRAY || ql_gguf_arr_type(r->g, i) != QL_GGUF_TYPE_STRING) {
-        set_err(r->err, r->errlen, "key 'tokenizer.ggml.tokens' has type %s, expected an array of strings",
+        ql_errf(r->err, r->errlen, "key 'tokenizer.ggml.tokens' has type %s, expected an array of strings",
                 type_name(r->g, i));
         return QL_EFORMAT;
     }
     uint64_t n = ql_gguf_arr_len(r->g, i);
     if (n < 1 || n > MAX_VOCAB) {
-        set_err(r->err, r->errlen, "'tokenizer.ggml.tokens' has %llu tokens (must be 1..%u)",
+        ql_errf(r->err, r->errlen, "'tokenizer.ggml.tokens' has %llu tokens (must be 1..%u)",
                 (unsigned long long)n, MAX_VOCAB);
         return QL_EFORMAT;
     }
     if (have_vs && vs != n) {
-        set_err(r->err, r->errlen, "'%s.vocab_size' = %u disagrees with the %llu tokens of 'tokenizer.ggml.tokens'",
+        ql_errf(r->err, r->errlen, "'%s.vocab_size' = %u disagrees with the %llu tokens of 'tokenizer.ggml.tokens'",
                 r->arch, vs, (unsigned long long)n);
         return QL_EFORMAT;
     }
@@ -208,7 +200,7 @@ static int read_rope(const reader_t *r, ql_hparams_t *hp) {
     ql_gguf_str_t type;
     rc = ql_gguf_get_str(r->g, key, &type);
     if (rc == QL_EFORMAT) {
-        set_err(r->err, r->errlen, "key '%s' has type %s, expected string", key,
+        ql_errf(r->err, r->errlen, "key '%s' has type %s, expected string", key,
                 type_name(r->g, ql_gguf_find_key(r->g, key)));
         return QL_EFORMAT;
     }
@@ -225,12 +217,12 @@ static int read_rope(const reader_t *r, ql_hparams_t *hp) {
     } else if (ql_gguf_str_eq(type, "yarn")) {
         hp->rope_scaling = QL_ROPE_SCALING_YARN;
         if (hp->rope_scaling_orig_ctx == 0) {
-            set_err(r->err, r->errlen, "yarn rope scaling needs '%s.rope.scaling.original_context_length'", r->arch);
+            ql_errf(r->err, r->errlen, "yarn rope scaling needs '%s.rope.scaling.original_context_length'", r->arch);
             return QL_EFORMAT;
         }
     } else {
         char esc[160];
-        set_err(r->err, r->errlen, "unsupported rope scaling type '%s' in '%s' (supported: none, linear, yarn)",
+        ql_errf(r->err, r->errlen, "unsupported rope scaling type '%s' in '%s' (supported: none, linear, yarn)",
                 ql_gguf_str_escape(type, 32, esc, sizeof(esc)), key);
         return QL_EUNSUPPORTED;
     }
@@ -242,7 +234,7 @@ static int read_rope(const reader_t *r, ql_hparams_t *hp) {
 int ql_hparams_read(const ql_gguf_t *g, ql_hparams_t *out, char *err, size_t errlen) {
     if (err && errlen) err[0] = '\0';
     if (!g || !out) {
-        set_err(err, errlen, "ql_hparams_read: NULL argument");
+        ql_errf(err, errlen, "ql_hparams_read: NULL argument");
         return QL_EINVAL;
     }
     ql_hparams_t hp;
@@ -264,35 +256,35 @@ int ql_hparams_read(const ql_gguf_t *g, ql_hparams_t *out, char *err, size_t err
         (rc = key_f32(&r, "attention.layer_norm_rms_epsilon", 1, 0.0f, 0.0f, 1.0f, &hp.rms_eps, NULL)))
         return rc;
     if (hp.n_head % hp.n_head_kv != 0) {
-        set_err(err, errlen, "'%s.attention.head_count' = %u is not a multiple of '%s.attention.head_count_kv' = %u",
+        ql_errf(err, errlen, "'%s.attention.head_count' = %u is not a multiple of '%s.attention.head_count_kv' = %u",
                 r.arch, hp.n_head, r.arch, hp.n_head_kv);
         return QL_EFORMAT;
     }
     if (have_key_len) {
         hp.head_dim = key_len;
     } else if (hp.n_embd % hp.n_head != 0) {
-        set_err(err, errlen, "'%s.embedding_length' = %u is not a multiple of '%s.attention.head_count' = %u "
+        ql_errf(err, errlen, "'%s.embedding_length' = %u is not a multiple of '%s.attention.head_count' = %u "
                 "and '%s.attention.key_length' is absent", r.arch, hp.n_embd, r.arch, hp.n_head, r.arch);
         return QL_EFORMAT;
     } else {
         hp.head_dim = hp.n_embd / hp.n_head;
     }
     if (hp.head_dim % 2 != 0 || hp.head_dim > MAX_HEAD_DIM) {
-        set_err(err, errlen, "head_dim %u must be even and at most %u", hp.head_dim, MAX_HEAD_DIM);
+        ql_errf(err, errlen, "head_dim %u must be even and at most %u", hp.head_dim, MAX_HEAD_DIM);
         return QL_EFORMAT;
     }
     if (have_val_len && val_len != hp.head_dim) {
-        set_err(err, errlen, "'%s.attention.value_length' = %u differs from the key length %u (not supported)",
+        ql_errf(err, errlen, "'%s.attention.value_length' = %u differs from the key length %u (not supported)",
                 r.arch, val_len, hp.head_dim);
         return QL_EUNSUPPORTED;
     }
     if (have_rot && n_rot != hp.head_dim) {
-        set_err(err, errlen, "'%s.rope.dimension_count' = %u is not head_dim %u: partial rotary is not supported",
+        ql_errf(err, errlen, "'%s.rope.dimension_count' = %u is not head_dim %u: partial rotary is not supported",
                 r.arch, n_rot, hp.head_dim);
         return QL_EUNSUPPORTED;
     }
     if ((uint64_t)hp.n_head * hp.head_dim > MAX_EMBD * 4ull) {
-        set_err(err, errlen, "n_head %u x head_dim %u is absurdly large", hp.n_head, hp.head_dim);
+        ql_errf(err, errlen, "n_head %u x head_dim %u is absurdly large", hp.n_head, hp.head_dim);
         return QL_EFORMAT;
     }
     if ((rc = read_vocab(&r, &hp)) || (rc = read_rope(&r, &hp))) return rc;
@@ -353,7 +345,7 @@ static int want(wctx_t *c, const char *name, int64_t ne0, int64_t ne1, const cha
     *out = t;
     if (!t) {
         if (optional) return 0;
-        set_err(c->err, c->errlen, "missing tensor '%s' (expected shape %s = %s)", name, exp, dims);
+        ql_errf(c->err, c->errlen, "missing tensor '%s' (expected shape %s = %s)", name, exp, dims);
         return QL_EFORMAT;
     }
     int64_t want_ne[QL_GGUF_MAX_DIMS] = {ne0, ne1 ? ne1 : 1, 1, 1};
@@ -363,12 +355,12 @@ static int want(wctx_t *c, const char *name, int64_t ne0, int64_t ne1, const cha
         for (int d = 1; d < t->n_dims && k > 0 && (size_t)k < sizeof(got); d++)
             k += snprintf(got + k, sizeof(got) - (size_t)k, ", %lld", (long long)t->ne[d]);
         if (k > 0 && (size_t)k < sizeof(got)) snprintf(got + k, sizeof(got) - (size_t)k, "]");
-        set_err(c->err, c->errlen, "tensor '%s' has shape %s, expected %s = %s", name, got, exp, dims);
+        ql_errf(c->err, c->errlen, "tensor '%s' has shape %s, expected %s = %s", name, got, exp, dims);
         return QL_EFORMAT;
     }
     if (f32 && t->type != QL_DTYPE_F32) {
         const char *tn = ql_dtype_name(t->type);
-        set_err(c->err, c->errlen, "tensor '%s' has type %s, expected f32", name, tn ? tn : "?");
+        ql_errf(c->err, c->errlen, "tensor '%s' has type %s, expected f32", name, tn ? tn : "?");
         return QL_EFORMAT;
     }
     c->claimed[t - ql_gguf_tensor(c->g, 0)] = 1;
@@ -408,7 +400,7 @@ static int want_layer(wctx_t *c, const ql_hparams_t *hp, uint32_t il, ql_layer_w
 int ql_weights_init(const ql_gguf_t *g, const ql_hparams_t *hp, ql_weights_t *out, char *err, size_t errlen) {
     if (err && errlen) err[0] = '\0';
     if (!g || !hp || !out) {
-        set_err(err, errlen, "ql_weights_init: NULL argument");
+        ql_errf(err, errlen, "ql_weights_init: NULL argument");
         return QL_EINVAL;
     }
     memset(out, 0, sizeof(*out));
@@ -416,7 +408,7 @@ int ql_weights_init(const ql_gguf_t *g, const ql_hparams_t *hp, ql_weights_t *ou
     /* NOTE(layer-bound): n_layer is checked against the tensors the file really has before
      * the layer array is sized by it. */
     if ((uint64_t)hp->n_layer * TENSORS_PER_LAYER > (uint64_t)n_tensors) {
-        set_err(err, errlen, "%s.block_count = %u needs at least %llu tensors, the file has %lld",
+        ql_errf(err, errlen, "%s.block_count = %u needs at least %llu tensors, the file has %lld",
                 hp->arch_name ? hp->arch_name : "?", hp->n_layer,
                 (unsigned long long)hp->n_layer * TENSORS_PER_LAYER, (long long)n_tensors);
         return QL_EFORMAT;
@@ -427,7 +419,7 @@ int ql_weights_init(const ql_gguf_t *g, const ql_hparams_t *hp, ql_weights_t *ou
     w.layers = calloc(QL_MAX(hp->n_layer, 1u), sizeof(*w.layers));
     int rc = 0;
     if (!c.claimed || !w.layers) {
-        set_err(err, errlen, "out of memory for the weights table of %u layers", hp->n_layer);
+        ql_errf(err, errlen, "out of memory for the weights table of %u layers", hp->n_layer);
         rc = QL_ENOMEM;
         goto fail;
     }
@@ -446,7 +438,7 @@ int ql_weights_init(const ql_gguf_t *g, const ql_hparams_t *hp, ql_weights_t *ou
         const ql_gguf_tensor_t *t = ql_gguf_tensor(g, i);
         if (c.claimed[i] || !(t->name.len > 4 && memcmp(t->name.ptr, "blk.", 4) == 0)) continue;
         char esc[160];
-        set_err(err, errlen, "tensor '%s' is not used by quill's %s forward pass (unsupported variant)",
+        ql_errf(err, errlen, "tensor '%s' is not used by quill's %s forward pass (unsupported variant)",
                 ql_gguf_str_escape(t->name, 64, esc, sizeof(esc)), hp->arch_name ? hp->arch_name : "?");
         rc = QL_EUNSUPPORTED;
         goto fail;

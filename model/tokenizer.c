@@ -25,14 +25,6 @@
 
 /* ---- small helpers ---- */
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...) QL_PRINTF(3, 4);
-static void set_err(char *err, size_t errlen, const char *fmt, ...) {
-    if (err == NULL || errlen == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* A token text made printable for an error message. */
 typedef struct shown_s {
@@ -188,7 +180,7 @@ static int read_id(loader_t *L, const char *key, int32_t *dst, int required_vali
     int rc = ql_gguf_get_i64(L->g, key, &v);
     if (rc == QL_ENOENT) return 0;
     if (rc != 0) {
-        set_err(L->err, L->errlen, "%s: not an integer", key);
+        ql_errf(L->err, L->errlen, "%s: not an integer", key);
         return QL_EFORMAT;
     }
     if (v < 0) { /* some converters write -1 for "none" */
@@ -197,7 +189,7 @@ static int read_id(loader_t *L, const char *key, int32_t *dst, int required_vali
     }
     if (v >= L->tok->n_vocab) {
         if (required_valid) {
-            set_err(L->err, L->errlen, "%s = %lld is out of range (the vocabulary has %d tokens)", key,
+            ql_errf(L->err, L->errlen, "%s = %lld is out of range (the vocabulary has %d tokens)", key,
                     (long long)v, L->tok->n_vocab);
             return QL_EFORMAT;
         }
@@ -214,7 +206,7 @@ static int read_bool(loader_t *L, const char *key, int *dst) {
     int rc = ql_gguf_get_bool(L->g, key, &v);
     if (rc == QL_ENOENT) return 0;
     if (rc != 0) {
-        set_err(L->err, L->errlen, "%s: not a bool", key);
+        ql_errf(L->err, L->errlen, "%s: not a bool", key);
         return QL_EFORMAT;
     }
     *dst = v != 0;
@@ -226,20 +218,20 @@ static int load_tokens(loader_t *L) {
     const char *key = "tokenizer.ggml.tokens";
     int64_t ki = ql_gguf_find_key(L->g, key);
     if (ki < 0) {
-        set_err(L->err, L->errlen, "no %s key", key);
+        ql_errf(L->err, L->errlen, "no %s key", key);
         return QL_ENOENT;
     }
     if (ql_gguf_kv_type(L->g, ki) != QL_GGUF_TYPE_ARRAY || ql_gguf_arr_type(L->g, ki) != QL_GGUF_TYPE_STRING) {
-        set_err(L->err, L->errlen, "%s: not an array of strings", key);
+        ql_errf(L->err, L->errlen, "%s: not an array of strings", key);
         return QL_EFORMAT;
     }
     uint64_t n = ql_gguf_arr_len(L->g, ki);
     if (n == 0) {
-        set_err(L->err, L->errlen, "%s: empty vocabulary", key);
+        ql_errf(L->err, L->errlen, "%s: empty vocabulary", key);
         return QL_EFORMAT;
     }
     if (n > VOCAB_MAX) {
-        set_err(L->err, L->errlen, "%s: %llu tokens is more than quill supports", key, (unsigned long long)n);
+        ql_errf(L->err, L->errlen, "%s: %llu tokens is more than quill supports", key, (unsigned long long)n);
         return QL_ERANGE;
     }
     tok->n_vocab = (int32_t)n;
@@ -249,14 +241,14 @@ static int load_tokens(loader_t *L) {
     for (uint64_t j = 0; j < n; j++) {
         ql_gguf_str_t s;
         if (ql_gguf_arr_str(L->g, ki, j, &s) != 0) {
-            set_err(L->err, L->errlen, "%s[%llu]: unreadable", key, (unsigned long long)j);
+            ql_errf(L->err, L->errlen, "%s[%llu]: unreadable", key, (unsigned long long)j);
             return QL_EFORMAT;
         }
         total += s.len + 1;
         if (s.len > max_len) max_len = s.len;
     }
     if (total > TEXT_BYTES_MAX) {
-        set_err(L->err, L->errlen, "%s: %llu bytes of token text is more than quill supports", key,
+        ql_errf(L->err, L->errlen, "%s: %llu bytes of token text is more than quill supports", key,
                 (unsigned long long)total);
         return QL_ERANGE;
     }
@@ -288,7 +280,7 @@ static int load_tokens(loader_t *L) {
         }
         int32_t dup = map_insert(tok, (int32_t)j);
         if (dup >= 0) {
-            set_err(L->err, L->errlen, "%s[%llu] '%s' repeats token %d", key, (unsigned long long)j,
+            ql_errf(L->err, L->errlen, "%s[%llu] '%s' repeats token %d", key, (unsigned long long)j,
                     show(s.ptr, s.len).s, dup);
             return QL_EFORMAT;
         }
@@ -303,17 +295,17 @@ static int load_types_scores(loader_t *L) {
     int64_t ki = ql_gguf_find_key(L->g, key);
     if (ki >= 0) {
         if (ql_gguf_kv_type(L->g, ki) != QL_GGUF_TYPE_ARRAY || ql_gguf_arr_len(L->g, ki) != (uint64_t)tok->n_vocab) {
-            set_err(L->err, L->errlen, "%s: not an array of %d integers", key, tok->n_vocab);
+            ql_errf(L->err, L->errlen, "%s: not an array of %d integers", key, tok->n_vocab);
             return QL_EFORMAT;
         }
         for (int32_t j = 0; j < tok->n_vocab; j++) {
             int64_t t;
             if (ql_gguf_arr_i64(L->g, ki, (uint64_t)j, &t) != 0) {
-                set_err(L->err, L->errlen, "%s[%d]: not an integer", key, j);
+                ql_errf(L->err, L->errlen, "%s[%d]: not an integer", key, j);
                 return QL_EFORMAT;
             }
             if (t < QL_TOK_TYPE_UNDEFINED || t > QL_TOK_TYPE_BYTE) {
-                set_err(L->err, L->errlen, "%s[%d] = %lld: not a token type (0..6)", key, j, (long long)t);
+                ql_errf(L->err, L->errlen, "%s[%d] = %lld: not a token type (0..6)", key, j, (long long)t);
                 return QL_EFORMAT;
             }
             tok->type[j] = (uint8_t)(t == QL_TOK_TYPE_UNDEFINED ? QL_TOK_TYPE_NORMAL : t);
@@ -327,7 +319,7 @@ static int load_types_scores(loader_t *L) {
         return 0;
     }
     if (ql_gguf_kv_type(L->g, ki) != QL_GGUF_TYPE_ARRAY || ql_gguf_arr_len(L->g, ki) != (uint64_t)tok->n_vocab) {
-        set_err(L->err, L->errlen, "%s: not an array of %d numbers", key, tok->n_vocab);
+        ql_errf(L->err, L->errlen, "%s: not an array of %d numbers", key, tok->n_vocab);
         return QL_EFORMAT;
     }
     if (tok->vocab != QL_TOK_VOCAB_SPM) return 0; /* BPE merges by rank: scores unused */
@@ -336,11 +328,11 @@ static int load_types_scores(loader_t *L) {
     for (int32_t j = 0; j < tok->n_vocab; j++) {
         double v;
         if (ql_gguf_arr_f64(L->g, ki, (uint64_t)j, &v) != 0) {
-            set_err(L->err, L->errlen, "%s[%d]: not a number", key, j);
+            ql_errf(L->err, L->errlen, "%s[%d]: not a number", key, j);
             return QL_EFORMAT;
         }
         if (!isfinite(v) || fabs(v) > 3.0e38) {
-            set_err(L->err, L->errlen, "%s[%d] = %g: not a finite float", key, j, v);
+            ql_errf(L->err, L->errlen, "%s[%d] = %g: not a finite float", key, j, v);
             return QL_EFORMAT;
         }
         tok->score[j] = (float)v;
@@ -361,7 +353,7 @@ static int load_pre(loader_t *L) {
         return 0;
     }
     if (rc != 0) {
-        set_err(L->err, L->errlen, "%s: not a string", key);
+        ql_errf(L->err, L->errlen, "%s: not a string", key);
         return QL_EFORMAT;
     }
     /* The names llama.cpp gives each regex set; only sets quill implements are listed.
@@ -397,7 +389,7 @@ static int load_pre(loader_t *L) {
             return 0;
         }
     }
-    set_err(L->err, L->errlen,
+    ql_errf(L->err, L->errlen,
             "%s '%s' is not a pre-tokenizer quill knows (supported: default, gpt-2, starcoder, smollm, "
             "deepseek-coder, llama3/llama-bpe)",
             key, show(s.ptr, s.len).s);
@@ -409,16 +401,16 @@ static int load_merges(loader_t *L) {
     const char *key = "tokenizer.ggml.merges";
     int64_t ki = ql_gguf_find_key(L->g, key);
     if (ki < 0) {
-        set_err(L->err, L->errlen, "no %s key (a gpt2 tokenizer needs its merges)", key);
+        ql_errf(L->err, L->errlen, "no %s key (a gpt2 tokenizer needs its merges)", key);
         return QL_ENOENT;
     }
     if (ql_gguf_kv_type(L->g, ki) != QL_GGUF_TYPE_ARRAY || ql_gguf_arr_type(L->g, ki) != QL_GGUF_TYPE_STRING) {
-        set_err(L->err, L->errlen, "%s: not an array of strings", key);
+        ql_errf(L->err, L->errlen, "%s: not an array of strings", key);
         return QL_EFORMAT;
     }
     uint64_t n = ql_gguf_arr_len(L->g, ki);
     if (n > VOCAB_MAX) {
-        set_err(L->err, L->errlen, "%s: %llu merges is more than quill supports", key, (unsigned long long)n);
+        ql_errf(L->err, L->errlen, "%s: %llu merges is more than quill supports", key, (unsigned long long)n);
         return QL_ERANGE;
     }
     tok->n_merges = (int32_t)n;
@@ -436,7 +428,7 @@ static int load_merges(loader_t *L) {
     for (uint64_t j = 0; j < n && rc == 0; j++) {
         ql_gguf_str_t s;
         if (ql_gguf_arr_str(L->g, ki, j, &s) != 0) {
-            set_err(L->err, L->errlen, "%s[%llu]: unreadable", key, (unsigned long long)j);
+            ql_errf(L->err, L->errlen, "%s[%llu]: unreadable", key, (unsigned long long)j);
             rc = QL_EFORMAT;
             break;
         }
@@ -445,7 +437,7 @@ static int load_merges(loader_t *L) {
         uint64_t sp = 1;
         while (sp < s.len && s.ptr[sp] != ' ') sp++;
         if (s.len < 3 || sp >= s.len - 1) {
-            set_err(L->err, L->errlen, "%s[%llu] '%s': not two tokens separated by a space", key,
+            ql_errf(L->err, L->errlen, "%s[%llu] '%s': not two tokens separated by a space", key,
                     (unsigned long long)j, show(s.ptr, s.len).s);
             rc = QL_EFORMAT;
             break;
@@ -460,7 +452,7 @@ static int load_merges(loader_t *L) {
         }
         if (a < 0 || b < 0 || m < 0) {
             const char *what = a < 0 ? "left side" : b < 0 ? "right side" : "result";
-            set_err(L->err, L->errlen, "%s[%llu] '%s': its %s is not a token", key, (unsigned long long)j,
+            ql_errf(L->err, L->errlen, "%s[%llu] '%s': its %s is not a token", key, (unsigned long long)j,
                     show(s.ptr, s.len).s, what);
             rc = QL_EFORMAT;
             break;
@@ -511,7 +503,7 @@ static int load_bytes(loader_t *L) {
         const char *t = tok_text(tok, id, &n);
         int hi = n == 6 ? hexval(t[3]) : -1, lo = n == 6 ? hexval(t[4]) : -1;
         if (n != 6 || memcmp(t, "<0x", 3) != 0 || t[5] != '>' || hi < 0 || lo < 0) {
-            set_err(L->err, L->errlen, "tokenizer.ggml.tokens[%d] '%s' has type byte but is not <0xXX>", id,
+            ql_errf(L->err, L->errlen, "tokenizer.ggml.tokens[%d] '%s' has type byte but is not <0xXX>", id,
                     show(t, n).s);
             return QL_EFORMAT;
         }
@@ -826,7 +818,7 @@ void ql_tok_free(ql_tok_t *tok) {
 int ql_tok_init_from_gguf(const ql_gguf_t *g, ql_tok_t **out, char *err, size_t errlen) {
     if (err && errlen) err[0] = '\0';
     if (g == NULL || out == NULL) {
-        set_err(err, errlen, "ql_tok_init_from_gguf: NULL argument");
+        ql_errf(err, errlen, "ql_tok_init_from_gguf: NULL argument");
         return QL_EINVAL;
     }
     *out = NULL;
@@ -838,7 +830,7 @@ int ql_tok_init_from_gguf(const ql_gguf_t *g, ql_tok_t **out, char *err, size_t 
     ql_gguf_str_t model;
     rc = ql_gguf_get_str(g, "tokenizer.ggml.model", &model);
     if (rc != 0) {
-        set_err(err, errlen, rc == QL_ENOENT ? "no tokenizer.ggml.model key" : "tokenizer.ggml.model: not a string");
+        ql_errf(err, errlen, rc == QL_ENOENT ? "no tokenizer.ggml.model key" : "tokenizer.ggml.model: not a string");
         rc = rc == QL_ENOENT ? QL_ENOENT : QL_EFORMAT;
         goto fail;
     }
@@ -849,7 +841,7 @@ int ql_tok_init_from_gguf(const ql_gguf_t *g, ql_tok_t **out, char *err, size_t 
         tok->add_bos = 1;
         tok->add_space_prefix = 1;
     } else {
-        set_err(err, errlen, "tokenizer.ggml.model '%s' is not supported (quill reads gpt2 and llama)",
+        ql_errf(err, errlen, "tokenizer.ggml.model '%s' is not supported (quill reads gpt2 and llama)",
                 show(model.ptr, model.len).s);
         rc = QL_EUNSUPPORTED;
         goto fail;
@@ -875,12 +867,12 @@ int ql_tok_init_from_gguf(const ql_gguf_t *g, ql_tok_t **out, char *err, size_t 
         (rc = read_bool(&L, "tokenizer.ggml.add_space_prefix", &tok->add_space_prefix)) != 0)
         goto fail;
     if (tok->add_bos && tok->bos < 0) {
-        set_err(err, errlen, "tokenizer.ggml.add_bos_token is set but the vocabulary has no BOS token");
+        ql_errf(err, errlen, "tokenizer.ggml.add_bos_token is set but the vocabulary has no BOS token");
         rc = QL_EFORMAT;
         goto fail;
     }
     if (tok->add_eos && tok->eos < 0) {
-        set_err(err, errlen, "tokenizer.ggml.add_eos_token is set but the vocabulary has no EOS token");
+        ql_errf(err, errlen, "tokenizer.ggml.add_eos_token is set but the vocabulary has no EOS token");
         rc = QL_EFORMAT;
         goto fail;
     }
@@ -897,7 +889,7 @@ int ql_tok_init_from_gguf(const ql_gguf_t *g, ql_tok_t **out, char *err, size_t 
     *out = tok;
     return 0;
 fail:
-    if (rc == QL_ENOMEM && err && errlen && err[0] == '\0') set_err(err, errlen, "out of memory loading the vocabulary");
+    if (rc == QL_ENOMEM && err && errlen && err[0] == '\0') ql_errf(err, errlen, "out of memory loading the vocabulary");
     ql_tok_free(tok);
     return rc;
 }

@@ -30,6 +30,17 @@ static void test_strerror(void **state) {
     }
 }
 
+static void test_errf(void **state) {
+    (void)state;
+    char buf[8];
+    ql_errf(buf, sizeof(buf), "key %s at %d", "abc", 12);
+    assert_string_equal(buf, "key abc"); /* truncated to fit, NUL-terminated */
+    ql_errf(NULL, 10, "ignored %d", 1);   /* no buffer: no-op */
+    buf[0] = 'x';
+    ql_errf(buf, 0, "ignored");           /* zero length: untouched */
+    assert_int_equal(buf[0], 'x');
+}
+
 /* ---- logging ---- */
 
 typedef struct captured_s {
@@ -210,6 +221,7 @@ static void test_time_monotonic(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_strerror),
+        cmocka_unit_test(test_errf),
         cmocka_unit_test(test_log_levels_and_format),
         cmocka_unit_test(test_log_long_line_truncated),
         cmocka_unit_test(test_log_level_parse),
