@@ -197,49 +197,86 @@ static void apply_penalties(const ql_sampling_params_t *p, ql_sampler_ws_t *ws,
     }
 }
 
-/* NOTE(lanes): the scans over the vocabulary keep SCAN_LANES independent maxima: one running
- * max is a chain of dependent compares (latency bound, about 1 ns a token); lanes let the
- * compiler use vector max instructions. The max of a set does not depend on the order. */
-#define SCAN_LANES 8
+/* NOTE(lanes): the scans over the vocabulary keep independent maxima in SCAN_VECS vectors of 4
+ * lanes: one running max is a chain of dependent compares (latency bound, about 1 ns a token).
+ * They are written with GCC/Clang vector extensions (SSE2 on x86-64, NEON on arm64) because
+ * compilers do not vectorize `x > m ? x : m` on floats themselves (without -ffinite-math-only
+ * that is no MAX_EXPR to them): a compare mask and a select give each lane exactly the scalar
+ * expression's result, so the max is the same value; it does not depend on the order. About 4x
+ * faster than the scalar lanes over 49k logits (10 us instead of 39 us from memory). */
+#define SCAN_VECS 4
+#define SCAN_STEP (4 * SCAN_VECS)
+typedef float scan_vf __attribute__((vector_size(16)));
+typedef int32_t scan_vi __attribute__((vector_size(16)));
+
+static inline scan_vf scan_load(const float *p) {
+    scan_vf v;
+    memcpy(&v, p, sizeof(v)); /* unaligned load */
+    return v;
+}
+
+static inline scan_vf scan_max(scan_vf x, scan_vf m) {
+    const scan_vi g = x > m; /* lanes of all ones where x > m */
+    return (scan_vf)((g & (scan_vi)x) | (~g & (scan_vi)m));
+}
+
+static float scan_reduce(const scan_vf *m, float init) {
+    float r = init;
+    for (int k = 0; k < SCAN_VECS; k++)
+        for (int j = 0; j < 4; j++) r = m[k][j] > r ? m[k][j] : r;
+    return r;
+}
 
 /* The max of l[0, n), -inf when all are -inf. Returns 0 when l holds a NaN or +inf. */
 static int row_max_checked(const float *l, int32_t n, float *max_out) {
-    float mx[SCAN_LANES], bad[SCAN_LANES];
-    for (int j = 0; j < SCAN_LANES; j++) mx[j] = -INFINITY, bad[j] = 0.0f;
+    const scan_vf ninf = {-INFINITY, -INFINITY, -INFINITY, -INFINITY}, pinf = -ninf;
+    scan_vf mx[SCAN_VECS];
+    scan_vi bad = {0, 0, 0, 0};
+    for (int k = 0; k < SCAN_VECS; k++) mx[k] = ninf;
     int32_t i = 0;
-    for (; i + SCAN_LANES <= n; i += SCAN_LANES) {
-        for (int j = 0; j < SCAN_LANES; j++) {
-            float x = l[i + j];
-            mx[j] = x > mx[j] ? x : mx[j];
-            bad[j] = x < INFINITY ? bad[j] : 1.0f; /* NaN and +inf fail the compare */
+    for (; i + SCAN_STEP <= n; i += SCAN_STEP) {
+        for (int k = 0; k < SCAN_VECS; k++) {
+            const scan_vf x = scan_load(l + i + 4 * k);
+            mx[k] = scan_max(x, mx[k]);
+            bad |= ~(x < pinf); /* NaN and +inf fail the compare */
         }
     }
+    int b = (bad[0] | bad[1] | bad[2] | bad[3]) != 0;
+    float m = scan_reduce(mx, -INFINITY);
     for (; i < n; i++) {
-        float x = l[i];
-        mx[0] = x > mx[0] ? x : mx[0];
-        bad[0] = x < INFINITY ? bad[0] : 1.0f;
-    }
-    float m = mx[0];
-    float b = bad[0];
-    for (int j = 1; j < SCAN_LANES; j++) {
-        m = mx[j] > m ? mx[j] : m;
-        b = bad[j] > b ? bad[j] : b;
+        const float x = l[i];
+        m = x > m ? x : m;
+        b |= !(x < INFINITY);
     }
     *max_out = m;
-    return b == 0.0f;
+    return !b;
 }
 
 /* The max of a row with no NaN. */
 static float row_max(const float *l, int32_t n) {
-    float mx[SCAN_LANES];
-    for (int j = 0; j < SCAN_LANES; j++) mx[j] = -INFINITY;
+    const scan_vf ninf = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+    scan_vf mx[SCAN_VECS];
+    for (int k = 0; k < SCAN_VECS; k++) mx[k] = ninf;
     int32_t i = 0;
-    for (; i + SCAN_LANES <= n; i += SCAN_LANES)
-        for (int j = 0; j < SCAN_LANES; j++) mx[j] = l[i + j] > mx[j] ? l[i + j] : mx[j];
-    for (; i < n; i++) mx[0] = l[i] > mx[0] ? l[i] : mx[0];
-    float m = mx[0];
-    for (int j = 1; j < SCAN_LANES; j++) m = mx[j] > m ? mx[j] : m;
+    for (; i + SCAN_STEP <= n; i += SCAN_STEP)
+        for (int k = 0; k < SCAN_VECS; k++) mx[k] = scan_max(scan_load(l + i + 4 * k), mx[k]);
+    float m = scan_reduce(mx, -INFINITY);
+    for (; i < n; i++) m = l[i] > m ? l[i] : m;
     return m;
+}
+
+/* The first index i with l[i] == m. note: call only if m is in l[0, n). */
+static int32_t first_index_of(const float *l, int32_t n, float m) {
+    const scan_vf mv = {m, m, m, m};
+    int32_t i = 0;
+    for (; i + SCAN_STEP <= n; i += SCAN_STEP) {
+        scan_vi eq = {0, 0, 0, 0};
+        for (int k = 0; k < SCAN_VECS; k++) eq |= scan_load(l + i + 4 * k) == mv;
+        if (eq[0] | eq[1] | eq[2] | eq[3]) break;
+    }
+    while (i < n && l[i] != m) i++;
+    QL_ASSERT(i < n);
+    return i;
 }
 
 /* Copies and checks the row, applies steps 1-3. *raw_max gets the raw row's max. */
@@ -279,9 +316,7 @@ static int preprocess(const ql_sampler_t *s, ql_sampler_ws_t *ws, const float *l
 static int32_t argmax_lowest_id(const float *l, int32_t n) {
     float m = row_max(l, n);
     if (m == -INFINITY) return -1;
-    int32_t i = 0;
-    while (l[i] != m) i++;
-    return i;
+    return first_index_of(l, n, m);
 }
 
 /* key descending, then id ascending: a total order, so every result is deterministic */
@@ -431,11 +466,35 @@ static void raw_logprobs(const float *logits, int32_t n_vocab, float raw_max, in
 
 /* ---- public entry points ---- */
 
-int ql_sampler_sample(ql_sampler_t *s, ql_sampler_ws_t *ws, const float *logits,
-                      const ql_sampling_history_t *hist, ql_sample_result_t *out) {
-    if (out == NULL) return QL_EINVAL;
-    float raw_max = 0.0f;
-    int rc = preprocess(s, ws, logits, hist, &raw_max);
+/* NOTE(plain-greedy): greedy with no penalty and no bias picks the argmax of the raw row, so it
+ * needs neither the workspace copy nor steps 1-3: one checked max over the row, then the first
+ * index holding it. Two reads of the row instead of a copy and three reads; the row is usually
+ * out of cache (the forward pass just wrote [n_seqs][n_vocab] logits), and while the engine
+ * thread samples a step's sequences one after the other the backend's threads wait. Same token
+ * and same errors as the general path: QL_EINTERNAL for NaN or +inf, QL_ERANGE when every entry
+ * is -inf. */
+static int is_plain_greedy(const ql_sampling_params_t *p) {
+    return p->temperature == 0.0f && p->n_logit_bias == 0 && p->repetition_penalty == 1.0f &&
+           p->presence_penalty == 0.0f && p->frequency_penalty == 0.0f;
+}
+
+static int plain_greedy(const float *logits, int32_t n_vocab, int32_t *token, float *raw_max) {
+    float m;
+    if (!row_max_checked(logits, n_vocab, &m)) {
+        QL_LOG_ERROR("logits row holds NaN or +inf (n_vocab %d)", (int)n_vocab);
+        return QL_EINTERNAL;
+    }
+    *raw_max = m;
+    if (m == -INFINITY) return QL_ERANGE;
+    *token = first_index_of(logits, n_vocab, m);
+    return 0;
+}
+
+/* Steps 1-8 on the workspace's copy of the row. */
+static int sample_processed(ql_sampler_t *s, ql_sampler_ws_t *ws, const float *logits,
+                            const ql_sampling_history_t *hist, int32_t *token_out,
+                            float *raw_max) {
+    int rc = preprocess(s, ws, logits, hist, raw_max);
     if (rc != 0) return rc;
     const ql_sampling_params_t *p = &s->params;
     int32_t token;
@@ -462,6 +521,20 @@ int ql_sampler_sample(ql_sampler_t *s, ql_sampler_ws_t *ws, const float *logits,
         }
         QL_ASSERT(token >= 0);
     }
+    *token_out = token;
+    return 0;
+}
+
+int ql_sampler_sample(ql_sampler_t *s, ql_sampler_ws_t *ws, const float *logits,
+                      const ql_sampling_history_t *hist, ql_sample_result_t *out) {
+    if (out == NULL || s == NULL || ws == NULL || logits == NULL) return QL_EINVAL;
+    if (ws->n_vocab != s->_n_vocab) return QL_EINVAL;
+    const ql_sampling_params_t *p = &s->params;
+    float raw_max = 0.0f;
+    int32_t token = -1;
+    int rc = is_plain_greedy(p) ? plain_greedy(logits, ws->n_vocab, &token, &raw_max)
+                                : sample_processed(s, ws, logits, hist, &token, &raw_max);
+    if (rc != 0) return rc;
     out->token = token;
     out->logprob = 0.0f;
     out->n_top = 0;

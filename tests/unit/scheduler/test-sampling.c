@@ -280,6 +280,51 @@ static void test_greedy_argmax_and_ties(void **state) {
     ql_sampler_ws_free(ws);
 }
 
+/* The vectorized scans (sampling.c NOTE(lanes), NOTE(plain-greedy)): for every row length
+ * around the 16-float step and every position of the max, plain greedy (no penalty, no bias)
+ * and greedy through the general path (a bias on another token) give the reference argmax, the
+ * lowest id on ties across a vector boundary and in the tail, and a NaN or +inf anywhere is
+ * QL_EINTERNAL, -inf everywhere QL_ERANGE. */
+static void test_greedy_scan_edges(void **state) {
+    (void)state;
+    enum { N_MAX = 53 };
+    float l[N_MAX];
+    for (int32_t n = 1; n <= N_MAX; n++) {
+        ql_sampler_ws_t *ws = new_ws(n);
+        ql_sampling_params_t plain = ql_sampling_params_default(), biased;
+        plain.temperature = 0.0f;
+        biased = plain;
+        ql_logit_bias_t b = {0, 0.5f};
+        biased.logit_bias = &b;
+        biased.n_logit_bias = 1;
+        ql_sampler_t sp, sb;
+        init_ok(&sp, &plain, n);
+        init_ok(&sb, &biased, n);
+        for (int32_t at = 0; at < n; at++) {
+            fill_random(l, n, (uint64_t)(n * 100 + at), -10.0f, -1.0f);
+            l[at] = 5.0f;
+            assert_int_equal(sample_one(&sp, ws, l, NULL), at);
+            assert_int_equal(sample_one(&sb, ws, l, NULL), at == 0 ? 0 : ref_argmax(l, n));
+            if (at + 17 < n) { /* a tie one vector step later: the lower id */
+                l[at + 17] = 5.0f;
+                assert_int_equal(sample_one(&sp, ws, l, NULL), at);
+            }
+            ql_sample_result_t r;
+            l[at] = NAN;
+            assert_int_equal(ql_sampler_sample(&sp, ws, l, NULL, &r), QL_EINTERNAL);
+            assert_int_equal(ql_sampler_sample(&sb, ws, l, NULL, &r), QL_EINTERNAL);
+            l[at] = INFINITY;
+            assert_int_equal(ql_sampler_sample(&sp, ws, l, NULL, &r), QL_EINTERNAL);
+        }
+        ql_sample_result_t r;
+        for (int32_t i = 0; i < n; i++) l[i] = -INFINITY;
+        assert_int_equal(ql_sampler_sample(&sp, ws, l, NULL, &r), QL_ERANGE);
+        l[n - 1] = -1e30f;
+        assert_int_equal(sample_one(&sp, ws, l, NULL), n - 1);
+        ql_sampler_ws_free(ws);
+    }
+}
+
 static void test_top_k1_and_tiny_temperature_equal_greedy(void **state) {
     (void)state;
     const int32_t V = 3000;
@@ -785,6 +830,7 @@ int main(void) {
         cmocka_unit_test(test_params_default_and_rejected),
         cmocka_unit_test(test_sample_bad_inputs),
         cmocka_unit_test(test_greedy_argmax_and_ties),
+        cmocka_unit_test(test_greedy_scan_edges),
         cmocka_unit_test(test_top_k1_and_tiny_temperature_equal_greedy),
         cmocka_unit_test(test_top_p_min_p_small),
         cmocka_unit_test(test_truncation_large_vocab),
