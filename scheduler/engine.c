@@ -113,15 +113,6 @@ struct ql_engine_s {
     int thread_started;
 };
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...) QL_PRINTF(3, 4);
-static void set_err(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || !errlen) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 static void req_free(ereq_t *r) {
     if (!r) return;
     for (int32_t i = 0; i < r->n_choices && r->choices; i++) {
@@ -576,22 +567,22 @@ static void *engine_main(void *arg) {
 
 int ql_engine_init(const ql_engine_params_t *p, ql_backend_t *be, const ql_tok_t *tok,
                    ql_engine_t **out, char *err, size_t errlen) {
-    set_err(err, errlen, "%s", "");
+    ql_errf(err, errlen, "%s", "");
     if (!p || !be || !tok || !out) {
-        set_err(err, errlen, "engine: NULL argument");
+        ql_errf(err, errlen, "engine: NULL argument");
         return QL_EINVAL;
     }
     *out = NULL;
     const ql_backend_info_t *bi = ql_backend_info(be);
     if (p->max_num_seqs < 0 || p->max_batched_tokens < 0 || p->max_model_len < 0 ||
         (p->disable_prefix_cache != 0 && p->disable_prefix_cache != 1)) {
-        set_err(err, errlen, "engine: a parameter is negative or out of range");
+        ql_errf(err, errlen, "engine: a parameter is negative or out of range");
         return QL_EINVAL;
     }
     if (bi->n_vocab < 1 || bi->n_seqs_max < 1 || bi->n_logits_max < 1 ||
         bi->n_batch_tokens_max < 1 || bi->kv.block_size < 1 || bi->kv.n_blocks < 1 ||
         bi->n_ctx_max < 2) {
-        set_err(err, errlen, "engine: backend '%s' reports unusable limits",
+        ql_errf(err, errlen, "engine: backend '%s' reports unusable limits",
                 bi->name ? bi->name : "?");
         return QL_EINVAL;
     }
@@ -615,7 +606,7 @@ int ql_engine_init(const ql_engine_params_t *p, ql_backend_t *be, const ql_tok_t
         lim.max_model_len = (int32_t)(pool_tokens + 1); /* the last token is never fed */
     }
     if (lim.max_model_len < 2) {
-        set_err(err, errlen, "engine: max_model_len %d leaves no room to generate",
+        ql_errf(err, errlen, "engine: max_model_len %d leaves no room to generate",
                 (int)lim.max_model_len);
         return QL_EINVAL;
     }
@@ -670,7 +661,7 @@ int ql_engine_init(const ql_engine_params_t *p, ql_backend_t *be, const ql_tok_t
         pthread_cond_destroy(&e->cv);
         pthread_mutex_destroy(&e->mu);
         rc = QL_EIO;
-        set_err(err, errlen, "engine: cannot start the engine thread");
+        ql_errf(err, errlen, "engine: cannot start the engine thread");
         goto fail;
     }
     e->thread_started = 1;
@@ -683,7 +674,7 @@ int ql_engine_init(const ql_engine_params_t *p, ql_backend_t *be, const ql_tok_t
     return 0;
 
 fail:
-    if (err && errlen && !err[0]) set_err(err, errlen, "engine: %s", ql_strerror(rc));
+    if (err && errlen && !err[0]) ql_errf(err, errlen, "engine: %s", ql_strerror(rc));
     ql_sched_free(e->sched);
     ql_kv_free(e->kv);
     ql_sampler_ws_free(e->ws);
@@ -743,55 +734,55 @@ static void *arena_copy(ql_arena_t *a, const void *src, size_t n) {
 
 int ql_engine_submit(ql_engine_t *e, const ql_engine_request_t *q, uint64_t *handle, char *err,
                      size_t errlen) {
-    set_err(err, errlen, "%s", "");
+    ql_errf(err, errlen, "%s", "");
     if (handle) *handle = 0;
     if (!e || !q) return QL_EINVAL;
     const ql_engine_limits_t *L = &e->lim;
     if (!q->on_event) {
-        set_err(err, errlen, "no event callback");
+        ql_errf(err, errlen, "no event callback");
         return QL_EINVAL;
     }
     if (!q->prompt || q->n_prompt < 1) {
-        set_err(err, errlen, "the prompt is empty");
+        ql_errf(err, errlen, "the prompt is empty");
         return QL_EINVAL;
     }
     for (int32_t i = 0; i < q->n_prompt; i++) {
         if (q->prompt[i] < 0 || q->prompt[i] >= L->n_vocab) {
-            set_err(err, errlen, "prompt token %d is %d, outside the vocabulary [0, %d)", (int)i,
+            ql_errf(err, errlen, "prompt token %d is %d, outside the vocabulary [0, %d)", (int)i,
                     (int)q->prompt[i], (int)L->n_vocab);
             return QL_EINVAL;
         }
     }
     int32_t n = q->n ? q->n : 1;
     if (n < 1 || n > L->max_num_seqs) {
-        set_err(err, errlen, "n = %d is outside [1, %d]", (int)q->n, (int)L->max_num_seqs);
+        ql_errf(err, errlen, "n = %d is outside [1, %d]", (int)q->n, (int)L->max_num_seqs);
         return QL_EINVAL;
     }
     int rc = ql_sampling_params_validate(&q->sampling, L->n_vocab);
     if (rc != 0) {
-        set_err(err, errlen, "%s", rc == QL_ERANGE ? "a logit_bias token is outside the vocabulary"
+        ql_errf(err, errlen, "%s", rc == QL_ERANGE ? "a logit_bias token is outside the vocabulary"
                                                    : "a sampling parameter is out of range");
         return QL_EINVAL;
     }
     if (q->min_tokens < 0 || (q->max_tokens > 0 && q->min_tokens > q->max_tokens)) {
-        set_err(err, errlen, "min_tokens %d must be in [0, max_tokens %d]", (int)q->min_tokens,
+        ql_errf(err, errlen, "min_tokens %d must be in [0, max_tokens %d]", (int)q->min_tokens,
                 (int)q->max_tokens);
         return QL_EINVAL;
     }
     if (q->n_stop < 0 || (q->n_stop > 0 && !q->stop) || q->n_stop_token_ids < 0 ||
         (q->n_stop_token_ids > 0 && !q->stop_token_ids)) {
-        set_err(err, errlen, "bad stop list");
+        ql_errf(err, errlen, "bad stop list");
         return QL_EINVAL;
     }
     for (int32_t i = 0; i < q->n_stop; i++) {
         if (!q->stop[i].text || q->stop[i].len == 0) {
-            set_err(err, errlen, "stop sequence %d is empty", (int)i);
+            ql_errf(err, errlen, "stop sequence %d is empty", (int)i);
             return QL_EINVAL;
         }
     }
     for (int32_t i = 0; i < q->n_stop_token_ids; i++) {
         if (q->stop_token_ids[i] < 0 || q->stop_token_ids[i] >= L->n_vocab) {
-            set_err(err, errlen, "stop token id %d is outside the vocabulary",
+            ql_errf(err, errlen, "stop token id %d is outside the vocabulary",
                     (int)q->stop_token_ids[i]);
             return QL_EINVAL;
         }
@@ -799,7 +790,7 @@ int ql_engine_submit(ql_engine_t *e, const ql_engine_request_t *q, uint64_t *han
     int32_t max_tokens = q->max_tokens;
     if (max_tokens <= 0) {
         if (q->n_prompt >= L->max_model_len) {
-            set_err(err, errlen,
+            ql_errf(err, errlen,
                     "This model's maximum context length is %d tokens. However, your prompt has %d "
                     "tokens, which leaves no room to generate.",
                     (int)L->max_model_len, (int)q->n_prompt);
@@ -807,7 +798,7 @@ int ql_engine_submit(ql_engine_t *e, const ql_engine_request_t *q, uint64_t *han
         }
         max_tokens = L->max_model_len - q->n_prompt;
         if (q->min_tokens > max_tokens) {
-            set_err(err, errlen, "min_tokens %d exceeds the %d tokens left in the context",
+            ql_errf(err, errlen, "min_tokens %d exceeds the %d tokens left in the context",
                     (int)q->min_tokens, (int)max_tokens);
             return QL_ERANGE;
         }
@@ -816,7 +807,7 @@ int ql_engine_submit(ql_engine_t *e, const ql_engine_request_t *q, uint64_t *han
                          .n_choices = n};
     rc = ql_sched_check_fit(e->sched, &sr);
     if (rc == QL_ERANGE) {
-        set_err(err, errlen,
+        ql_errf(err, errlen,
                 "This model's maximum context length is %d tokens. However, you requested %lld "
                 "tokens (%d in the prompt, %d for the completion).",
                 (int)L->max_model_len, (long long)q->n_prompt + max_tokens, (int)q->n_prompt,
@@ -824,14 +815,14 @@ int ql_engine_submit(ql_engine_t *e, const ql_engine_request_t *q, uint64_t *han
         return rc;
     }
     if (rc == QL_ENOSPC) {
-        set_err(err, errlen,
+        ql_errf(err, errlen,
                 "The request needs up to %lld tokens of KV cache, more than the whole pool holds "
                 "(%lld tokens); lower max_tokens or the prompt.",
                 (long long)q->n_prompt + max_tokens - 1, (long long)L->n_blocks * L->block_size);
         return rc;
     }
     if (rc != 0) {
-        set_err(err, errlen, "invalid request");
+        ql_errf(err, errlen, "invalid request");
         return rc;
     }
 
@@ -909,8 +900,8 @@ int ql_engine_submit(ql_engine_t *e, const ql_engine_request_t *q, uint64_t *han
     pthread_mutex_lock(&e->mu);
     if (!e->accepting) {
         int healthy = e->healthy;
-        if (healthy) set_err(err, errlen, "the engine is shutting down");
-        else set_err(err, errlen, "the engine is unhealthy: %s", e->unhealthy_msg);
+        if (healthy) ql_errf(err, errlen, "the engine is shutting down");
+        else ql_errf(err, errlen, "the engine is unhealthy: %s", e->unhealthy_msg);
         pthread_mutex_unlock(&e->mu);
         req_free(r);
         return QL_ESTATE;
@@ -930,7 +921,7 @@ int ql_engine_submit(ql_engine_t *e, const ql_engine_request_t *q, uint64_t *han
 
 nomem:
     req_free(r);
-    set_err(err, errlen, "out of memory");
+    ql_errf(err, errlen, "out of memory");
     return QL_ENOMEM;
 }
 
