@@ -48,6 +48,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "test-model.h"
 #include "backend/backend.h"
 #include "core/core.h"
 #include "cpu/cpu.h"
@@ -92,7 +93,6 @@ static int parse_list(const char *v, int *out, int max, int *n) {
 }
 
 static int parse(int argc, char **argv, opts_t *o) {
-    static char def[1024];
     memset(o, 0, sizeof(*o));
     o->input_len = 128;
     o->output_len = 128;
@@ -104,13 +104,7 @@ static int parse(int argc, char **argv, opts_t *o) {
     const int def_conc[] = {1, 8, 32, 64};
     memcpy(o->conc, def_conc, sizeof(def_conc));
     o->n_conc = 4;
-    o->model = getenv("QL_DEFAULT_MODEL");
-    if (!o->model || !*o->model) {
-        const char *home = getenv("HOME");
-        snprintf(def, sizeof(def), "%s/.cache/quill/SmolLM2-135M-Instruct.Q4_1.gguf",
-                 home ? home : ".");
-        o->model = def;
-    }
+    o->model = ql_test_default_model();
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {

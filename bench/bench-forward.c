@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "test-model.h"
 #include "backend/backend.h"
 #include "core/core.h"
 #include "cpu/cpu.h"
@@ -38,7 +39,6 @@ static void usage(FILE *f) {
 }
 
 static int parse(int argc, char **argv, opts_t *o) {
-    static char def[1024];
     memset(o, 0, sizeof(*o));
     o->pp = 512;
     o->tg = 128;
@@ -46,13 +46,7 @@ static int parse(int argc, char **argv, opts_t *o) {
     o->block_size = 16;
     o->batches[0] = 1, o->batches[1] = 8, o->batches[2] = 32;
     o->n_batches = 3;
-    o->model = getenv("QL_DEFAULT_MODEL");
-    if (!o->model || !*o->model) {
-        const char *home = getenv("HOME");
-        snprintf(def, sizeof(def), "%s/.cache/quill/SmolLM2-135M-Instruct.Q4_1.gguf",
-                 home ? home : ".");
-        o->model = def;
-    }
+    o->model = ql_test_default_model();
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {

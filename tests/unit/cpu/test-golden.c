@@ -36,6 +36,8 @@
 
 #include <cmocka.h>
 
+#include "test-model.h"
+
 #include "backend/backend.h"
 #include "core/core.h"
 #include "cpu/cpu.h"
@@ -66,18 +68,6 @@
 
 /* ---- the default model ---- */
 
-static const char *default_model(void) {
-    static char path[1024];
-    const char *env = getenv("QL_DEFAULT_MODEL");
-    const char *home = getenv("HOME");
-    if (env && *env)
-        snprintf(path, sizeof(path), "%s", env);
-    else
-        snprintf(path, sizeof(path), "%s/.cache/quill/SmolLM2-135M-Instruct.Q4_1.gguf",
-                 home ? home : "");
-    return path;
-}
-
 typedef struct model_s {
     ql_gguf_t *g;
     ql_tok_t *tok;
@@ -87,7 +77,7 @@ typedef struct model_s {
 /* Opens the default model, or returns 0 when it is absent (the caller skips). */
 static int model_open(model_t *m) {
     memset(m, 0, sizeof(*m));
-    const char *path = default_model();
+    const char *path = ql_test_default_model();
     if (access(path, R_OK) != 0) return 0;
     char err[256];
     if (ql_gguf_open(path, &m->g, err, sizeof(err)) != 0) fail_msg("%s", err);
@@ -566,7 +556,7 @@ static void test_logits(void **state) {
     (void)state;
     model_t m;
     if (!model_open(&m))
-        SKIP_BECAUSE("the default model %s is absent (make model fetches it)", default_model());
+        SKIP_BECAUSE("the default model %s is absent (make model fetches it)", ql_test_default_model());
     logits_fx_t fx;
     logits_fx_load(&fx);
     assert_int_equal(fx.n_vocab, (int32_t)m.hp.n_vocab);
@@ -650,7 +640,7 @@ static void test_greedy(void **state) {
     (void)state;
     model_t m;
     if (!model_open(&m))
-        SKIP_BECAUSE("the default model %s is absent (make model fetches it)", default_model());
+        SKIP_BECAUSE("the default model %s is absent (make model fetches it)", ql_test_default_model());
     greedy_fx_t *fx = malloc(sizeof(*fx));
     greedy_fx_load(fx);
     int32_t n_exact = 0, n_exact_chat = 0;
@@ -821,7 +811,7 @@ static void test_engine_batch(void **state) {
     (void)state;
     model_t m;
     if (!model_open(&m))
-        SKIP_BECAUSE("the default model %s is absent (make model fetches it)", default_model());
+        SKIP_BECAUSE("the default model %s is absent (make model fetches it)", ql_test_default_model());
     greedy_fx_t *fx = malloc(sizeof(*fx));
     greedy_fx_load(fx);
     /* 8 exact cases, chat and plain alternating while both last */

@@ -19,6 +19,8 @@
 
 #include <cmocka.h>
 
+#include "test-model.h"
+
 #include "model/gguf.h"
 
 /* ---- helpers ---- */
@@ -868,18 +870,9 @@ static void test_str_escape(void **state) {
 
 /* ---- real files ---- */
 
-static const char *default_model(void) {
-    static char p[1024];
-    const char *env = getenv("QL_DEFAULT_MODEL");
-    if (env && env[0]) return env;
-    const char *home = getenv("HOME");
-    snprintf(p, sizeof(p), "%s/.cache/quill/SmolLM2-135M-Instruct.Q4_1.gguf", home ? home : "");
-    return p;
-}
-
 static void test_default_model(void **state) {
     (void)state;
-    const char *path = default_model();
+    const char *path = ql_test_default_model();
     if (access(path, R_OK) != 0) {
         print_message("skipped: default model %s is absent (run `make model`)\n", path);
         skip();

@@ -15,6 +15,8 @@
 
 #include <cmocka.h>
 
+#include "test-model.h"
+
 #include "model/gguf.h"
 #include "model/hparams.h"
 
@@ -400,18 +402,9 @@ static void test_missing_keys(void **state) {
 
 /* ---- real files ---- */
 
-static const char *default_model(void) {
-    static char p[1024];
-    const char *env = getenv("QL_DEFAULT_MODEL");
-    if (env && env[0]) return env;
-    const char *home = getenv("HOME");
-    snprintf(p, sizeof(p), "%s/.cache/quill/SmolLM2-135M-Instruct.Q4_1.gguf", home ? home : "");
-    return p;
-}
-
 static void test_default_model(void **state) {
     (void)state;
-    const char *path = default_model();
+    const char *path = ql_test_default_model();
     if (access(path, R_OK) != 0) {
         print_message("skipped: default model %s is absent (run `make model`)\n", path);
         skip();

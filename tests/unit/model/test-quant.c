@@ -19,6 +19,8 @@
 
 #include <cmocka.h>
 
+#include "test-model.h"
+
 #include "model/gguf.h"
 #include "model/quant.h"
 
@@ -619,13 +621,8 @@ static void test_quant_vs_gguf_py(void **state) {
  * tensor is found with quill's GGUF reader, whose offset must match gguf-py's. */
 static void test_dequant_real_model(void **state) {
     (void)state;
-    const char *path = getenv("QL_DEFAULT_MODEL");
-    char buf[4096], err[512];
-    if (!path || !*path) {
-        const char *home = getenv("HOME");
-        snprintf(buf, sizeof(buf), "%s/.cache/quill/SmolLM2-135M-Instruct.Q4_1.gguf", home ? home : "");
-        path = buf;
-    }
+    const char *path = ql_test_default_model();
+    char err[512];
     ql_gguf_t *g = NULL;
     int rc = ql_gguf_open(path, &g, err, sizeof(err));
     if (rc == QL_ENOENT) {

@@ -27,6 +27,8 @@
 
 #include <cmocka.h>
 
+#include "test-model.h"
+
 #include "model/tokenizer-internal.h"
 #include "model/tokenizer.h"
 #include "model/unicode.h"
@@ -65,15 +67,6 @@ static char *find_bytes(char *hay, size_t n, const char *needle, size_t k) {
 }
 
 static int file_exists(const char *path) { return access(path, R_OK) == 0; }
-
-static const char *default_model(void) {
-    static char path[1024];
-    const char *env = getenv("QL_DEFAULT_MODEL");
-    if (env && *env) return env;
-    const char *home = getenv("HOME");
-    snprintf(path, sizeof path, "%s/.cache/quill/SmolLM2-135M-Instruct.Q4_1.gguf", home ? home : "");
-    return path;
-}
 
 /* Loads a tokenizer and frees the GGUF at once (the tokenizer must not need it). NULL when the
  * file is absent; a load failure fails the test. */
@@ -442,8 +435,8 @@ static void test_golden_vocabs(void **state) {
 
 static void test_golden_smollm2(void **state) {
     (void)state;
-    ql_tok_t *tok = load_tok(default_model());
-    if (tok == NULL) SKIP_BECAUSE("the default model %s is absent (make model fetches it)", default_model());
+    ql_tok_t *tok = load_tok(ql_test_default_model());
+    if (tok == NULL) SKIP_BECAUSE("the default model %s is absent (make model fetches it)", ql_test_default_model());
     int fails = 0;
     if (file_exists(VOCAB_DIR "/ggml-vocab-smollm.gguf.inp"))
         fails += run_golden("smollm (SmolLM2 vocab)", tok, VOCAB_DIR "/ggml-vocab-smollm.gguf.inp",
@@ -638,7 +631,7 @@ static void test_roundtrip_bpe(void **state) {
     static const char *const names[] = {"gpt-2", "starcoder", "deepseek-coder"};
     int any = 0;
     for (size_t v = 0; v <= QL_ARRAY_LEN(names); v++) {
-        ql_tok_t *tok = v < QL_ARRAY_LEN(names) ? load_vocab(names[v]) : load_tok(default_model());
+        ql_tok_t *tok = v < QL_ARRAY_LEN(names) ? load_vocab(names[v]) : load_tok(ql_test_default_model());
         if (tok == NULL) continue;
         any = 1;
         /* Bytes the vocabulary has a normal token for: all 256 in gpt-2. Encoding drops a byte
@@ -738,7 +731,7 @@ static void test_special_tokens(void **state) {
     ql_tok_free(tok);
 
     /* SmolLM2: chat markup, the longest match first. */
-    tok = load_tok(default_model());
+    tok = load_tok(ql_test_default_model());
     if (tok) {
         EXPECT_IDS(tok, "<|im_start|>user\nhi<|im_end|>", QL_TOK_PARSE_SPECIAL, 1, 4093, 198, 6004, 2);
         ids = encode(tok, "<|im_start|>", 12, 0, &n);
@@ -787,7 +780,7 @@ static void test_eog(void **state) {
     tok = load_vocab("phi-3");
     expect_eog(tok, (const int32_t[]){2, 32000, 32007}, 3, 32007); /* </s>, <|endoftext|>, <|end|> */
     ql_tok_free(tok);
-    tok = load_tok(default_model());
+    tok = load_tok(ql_test_default_model());
     if (tok) { /* <|endoftext|>, <|im_end|>, <reponame> (llama.cpp's FIM repo marker) */
         expect_eog(tok, (const int32_t[]){0, 2, 4}, 3, 2);
         ql_tok_free(tok);
@@ -1138,7 +1131,7 @@ static char *make_corpus(size_t *len) {
 
 static void test_threads_and_speed(void **state) {
     (void)state;
-    ql_tok_t *tok = load_tok(default_model());
+    ql_tok_t *tok = load_tok(ql_test_default_model());
     const char *which = "SmolLM2";
     if (tok == NULL) {
         tok = load_vocab("gpt-2");

@@ -20,6 +20,8 @@
 
 #include <cmocka.h>
 
+#include "test-model.h"
+
 #include "core/core.h"
 #include "fake-backend.h"
 #include "model/gguf.h"
@@ -33,15 +35,6 @@
         printf("\n");                                                                        \
         skip();                                                                              \
     } while (0)
-
-static const char *default_model(void) {
-    static char path[1024];
-    const char *env = getenv("QL_DEFAULT_MODEL");
-    if (env && *env) return env;
-    const char *home = getenv("HOME");
-    snprintf(path, sizeof path, "%s/.cache/quill/SmolLM2-135M-Instruct.Q4_1.gguf", home ? home : "");
-    return path;
-}
 
 static ql_tok_t *load_tok(const char *path) {
     if (access(path, R_OK) != 0) return NULL;
@@ -175,8 +168,8 @@ static void test_tiny_random(void **state) {
 
 static void test_default_model(void **state) {
     (void)state;
-    ql_tok_t *tok = load_tok(default_model());
-    if (!tok) SKIP_BECAUSE("%s is absent (the default model)", default_model());
+    ql_tok_t *tok = load_tok(ql_test_default_model());
+    if (!tok) SKIP_BECAUSE("%s is absent (the default model)", ql_test_default_model());
     const char *texts[] = {
         k_text,
         "Gr\xC3\xBC\xC3\x9F" "e aus K\xC3\xB6ln! \xD0\x9F\xD1\x80\xD0\xB8\xD0\xB2\xD0\xB5\xD1\x82, "

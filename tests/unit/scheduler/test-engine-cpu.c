@@ -20,6 +20,8 @@
 
 #include <cmocka.h>
 
+#include "test-model.h"
+
 #include "backend/backend.h"
 #include "core/core.h"
 #include "cpu/cpu.h"
@@ -268,11 +270,7 @@ static void test_tiny_model(void **state) {
 
 static void test_default_model(void **state) {
     (void)state;
-    static char path[1024];
-    const char *env = getenv("QL_DEFAULT_MODEL");
-    const char *home = getenv("HOME");
-    if (env && *env) snprintf(path, sizeof path, "%s", env);
-    else snprintf(path, sizeof path, "%s/.cache/quill/SmolLM2-135M-Instruct.Q4_1.gguf", home ? home : "");
+    const char *path = ql_test_default_model();
     if (access(path, R_OK) != 0) {
         printf("skipped: %s is absent (the default model)\n", path);
         skip();
