@@ -190,12 +190,10 @@ int ql_cmd_parse(const char *name, ql_cmd_t *out) {
 
 static int fail(char *err, size_t errlen, int status, const char *fmt, ...) QL_PRINTF(4, 5);
 static int fail(char *err, size_t errlen, int status, const char *fmt, ...) {
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
+    va_list ap;
+    va_start(ap, fmt);
+    ql_verrf(err, errlen, fmt, ap);
+    va_end(ap);
     return status;
 }
 

@@ -63,12 +63,10 @@ void ql_mkmodel_shape_blank(ql_mkmodel_shape_t *s) {
 
 static int set_err(char *err, size_t errlen, int rc, const char *fmt, ...) QL_PRINTF(4, 5);
 static int set_err(char *err, size_t errlen, int rc, const char *fmt, ...) {
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
+    va_list ap;
+    va_start(ap, fmt);
+    ql_verrf(err, errlen, fmt, ap);
+    va_end(ap);
     return rc;
 }
 
