@@ -107,6 +107,22 @@ typedef struct ql_config_s {
     int64_t seed;             /* -1 = random */
     int ignore_eos;
 
+    /* ---- bench ---- */
+    char *bench_base_url;      /* http://HOST[:PORT][/PREFIX] */
+    int bench_chat;            /* --endpoint: 0 = /v1/completions, 1 = /v1/chat/completions */
+    char *bench_model;         /* model id sent; NULL = the server's first */
+    char *bench_api_key;       /* NULL = none */
+    int bench_input_len;       /* prompt tokens */
+    int bench_output_len;      /* max_tokens, with ignore_eos */
+    int bench_num_prompts;
+    double bench_request_rate; /* requests/s; 0 = all at once */
+    double bench_burstiness;   /* gamma shape of the inter-arrival gaps */
+    int bench_max_concurrency; /* 0 = no limit */
+    int bench_warmup;          /* unmeasured requests first */
+    double bench_slo_ttft_ms;  /* 0 = no bound */
+    double bench_slo_tpot_ms;  /* 0 = no bound */
+    char *bench_out;           /* JSON results file; NULL = none */
+
     /* ---- mkmodel ---- */
     char *shape;
     char *shape_config;       /* mkmodel --config: a JSON shape file */

@@ -387,6 +387,55 @@ QL_API size_t ql_proto_utf8_chars(const char *s, size_t len);
  *  valid character do not hold the prefix back. */
 QL_API size_t ql_proto_utf8_complete_prefix(const char *s, size_t len);
 
+/* ---- the client side (quill bench, proto/client.c) ---- */
+
+/* One streamed request as `quill bench` sends it: temperature 0, "stream": true,
+ * "stream_options": {"include_usage": true}. */
+typedef struct ql_proto_client_req_s {
+    int chat;                 /* 0: completions ("prompt"), 1: chat (one user message) */
+    const char *model;        /* NUL-terminated; NULL: no "model" field */
+    const char *prompt_text;  /* NUL-terminated; chat needs it; completions use it when set */
+    const int32_t *prompt_ids; /* [n_prompt_ids] completions' token-id prompt (no prompt_text) */
+    size_t n_prompt_ids;
+    int32_t max_tokens;       /* >= 1 */
+    int ignore_eos;           /* sends "ignore_eos": true (vLLM's and llama.cpp's extension) */
+} ql_proto_client_req_t;
+
+/** Appends the request body. @return 0, QL_EINVAL (no prompt, chat without text, max_tokens
+ *  < 1) or QL_ENOMEM. */
+QL_API int ql_proto_client_request(const ql_proto_client_req_t *r, ql_proto_buf_t *out);
+/** Appends a /tokenize body for `text`, without special tokens: vLLM's {"prompt",
+ *  "add_special_tokens": false} or, with `llama_dialect`, llama.cpp's {"content",
+ *  "add_special": false}. @return 0, QL_EINVAL or QL_ENOMEM. */
+QL_API int ql_proto_client_tokenize_body(const char *text, int llama_dialect, ql_proto_buf_t *out);
+/** Appends {"tokens":[ids...]} (/detokenize, both dialects). @return 0, QL_EINVAL or QL_ENOMEM. */
+QL_API int ql_proto_client_detokenize_body(const int32_t *ids, size_t n, ql_proto_buf_t *out);
+
+/* What one SSE `data:` payload of a completions or chat stream carries. */
+typedef struct ql_proto_client_chunk_s {
+    int has_choice;            /* "choices" is a non-empty array */
+    size_t text_len;           /* bytes of choices[0].text (or .delta.content); 0 if none */
+    int finished;              /* choices[0].finish_reason is a string */
+    int64_t prompt_tokens;     /* usage.prompt_tokens; -1 when there is no usage */
+    int64_t completion_tokens; /* usage.completion_tokens; -1 when there is no usage */
+    int is_error;              /* the payload is an error object: its message is in `error` */
+    char error[256];
+} ql_proto_client_chunk_t;
+
+/** Reads one stream payload. @return 0 or QL_EINVAL (not a JSON object). */
+QL_API int ql_proto_client_chunk(const char *json, size_t len, ql_proto_client_chunk_t *c);
+/** The message of an error body ({"error":{"message"}}, {"error":"..."}, {"message"}), one line,
+ *  cut to msg[cap]. @return 0 or QL_EINVAL (no such message). */
+QL_API int ql_proto_client_error_message(const char *json, size_t len, char *msg, size_t cap);
+/** The "tokens" of a /tokenize answer (ints, or llama.cpp's {"id",...} objects) into *ids
+ *  (malloc'd: the caller frees it). @return 0, QL_EINVAL or QL_ENOMEM. */
+QL_API int ql_proto_client_tokens(const char *json, size_t len, int32_t **ids, size_t *n);
+/** The text of a /detokenize answer ("prompt" in vLLM's, "content" in llama.cpp's) into *text
+ *  (malloc'd, NUL-terminated). @return 0, QL_EINVAL or QL_ENOMEM. */
+QL_API int ql_proto_client_text(const char *json, size_t len, char **text);
+/** data[0].id of a /v1/models answer into *id (malloc'd). @return 0, QL_EINVAL or QL_ENOMEM. */
+QL_API int ql_proto_client_first_model(const char *json, size_t len, char **id);
+
 #ifdef __cplusplus
 }
 #endif

@@ -72,9 +72,10 @@ has "$out" "llama n_embd=32 n_layer=1 n_head=2 n_head_kv=1 head_dim=16" "inspect
 has "$out" "blk.0.ffn_down.weight" "inspect lists tensors"
 has "$out" "total: 11 tensors" "inspect gives totals"
 
-# What a later part of quill delivers says so and exits non-zero; nothing pretends.
-expect 1 "bench is not available" -- bench
-has "$errf" "not available" "bench says not available"
+# quill bench with nothing listening: one line naming the server, exit 1 (tests/bench/ has the rest)
+expect 1 "bench against a closed port" -- bench --base-url http://127.0.0.1:1 --num-prompts 1
+has "$errf" "cannot connect to 127.0.0.1:1" "bench names the server it cannot reach"
+one_line "bench against a closed port"
 
 # ---- quill tokenize: ids against llama.cpp's (tests/fixtures/smollm2, tools/reference) ----
 # same FILE TEXT DESCRIPTION: FILE's content (without its final newline) is exactly TEXT
