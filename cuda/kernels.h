@@ -115,6 +115,19 @@ QL_API int ql_cuda_kv_write(const ql_kv_layout_t *kv, uint16_t *k_pool, uint16_t
  * in f32 with `scale`. Work is split over the context (split-K, "flash decoding") when
  * there are few query tokens and long contexts, with a combine step; the split plan is
  * ql_cuda_attn_plan(). */
+/* How ql_cuda_attn_paged() splits its work: plain C, computed on the host. */
+typedef struct ql_cuda_attn_plan_s {
+    int32_t n_splits;       /* splits of the context per (token, head group) */
+    int32_t keys_per_split; /* a multiple of QL_CUDA_ATTN_TILE_KEYS */
+    int32_t heads_per_cta;  /* query heads of one KV group handled by one thread block */
+    int32_t n_head_chunks;  /* ceil(group / heads_per_cta) blocks per KV head */
+} ql_cuda_attn_plan_t;
+
+/* Keys staged in shared memory per step of the attention kernel. */
+#define QL_CUDA_ATTN_TILE_KEYS 32
+/* Query heads (rows) one thread block of the attention kernel carries. */
+#define QL_CUDA_ATTN_MAX_ROWS 16
+
 typedef struct ql_cuda_attn_args_s {
     const ql_kv_layout_t *kv;        /* host; the pool geometry (n_layer unused) */
     const uint16_t *k_pool, *v_pool; /* one layer's pools, f16 */
@@ -132,23 +145,13 @@ typedef struct ql_cuda_attn_args_s {
     int32_t max_blocks;
     int32_t n_seqs;
     int32_t max_pos;                 /* host: >= every pos[t] (sizes the split plan) */
-    void *work;                      /* scratch of ql_cuda_attn_work_bytes() bytes, or NULL
-                                        when that is 0 */
+    const ql_cuda_attn_plan_t *plan; /* host; NULL: ql_cuda_attn_plan() for this call
+                                        with the current device's SM count */
+    void *work;                      /* scratch of ql_cuda_attn_work_bytes(plan) bytes (NULL
+                                        when that is 0); ql_cuda_attn_work_bytes_max() bounds
+                                        it for every call of a backend */
     size_t work_bytes;
 } ql_cuda_attn_args_t;
-
-/* How ql_cuda_attn_paged() splits its work: plain C, computed on the host. */
-typedef struct ql_cuda_attn_plan_s {
-    int32_t n_splits;       /* splits of the context per (token, head group) */
-    int32_t keys_per_split; /* a multiple of QL_CUDA_ATTN_TILE_KEYS */
-    int32_t heads_per_cta;  /* query heads of one KV group handled by one thread block */
-    int32_t n_head_chunks;  /* ceil(group / heads_per_cta) blocks per KV head */
-} ql_cuda_attn_plan_t;
-
-/* Keys staged in shared memory per step of the attention kernel. */
-#define QL_CUDA_ATTN_TILE_KEYS 32
-/* Query heads (rows) one thread block of the attention kernel carries. */
-#define QL_CUDA_ATTN_MAX_ROWS 16
 
 /** The split plan for n_tok query tokens with contexts up to max_pos + 1 keys on a device of
  *  n_sm multiprocessors. Splits only when the grid without splitting would leave the device
@@ -158,6 +161,11 @@ QL_API int ql_cuda_attn_plan(int64_t n_tok, int32_t n_head, int32_t n_kv_head, i
 /** Scratch bytes ql_cuda_attn_paged() needs for `plan` (0 when it does not split). */
 QL_API size_t ql_cuda_attn_work_bytes(const ql_cuda_attn_plan_t *plan, int64_t n_tok,
                                       int32_t n_head, int32_t head_dim);
+/** The most ql_cuda_attn_work_bytes() over every plan for 1..n_tok_max tokens and
+ *  contexts up to n_ctx_max on a device of n_sm multiprocessors: what a backend allocates
+ *  once. 0 on bad sizes. */
+QL_API size_t ql_cuda_attn_work_bytes_max(int64_t n_tok_max, int32_t n_head, int32_t n_kv_head,
+                                          int32_t head_dim, int32_t n_ctx_max, int32_t n_sm);
 /** Head sizes the attention kernel is compiled for: 1 or 0. */
 QL_API int ql_cuda_attn_head_dim_supported(int32_t head_dim);
 
@@ -225,7 +233,8 @@ typedef struct ql_cuda_sample_args_s {
     /* penalty inputs, each NULL when no row of the call uses them: */
     const uint8_t *in_prompt;  /* [n_rows][n_vocab]: 1 when the token is in the prompt */
     const int32_t *out_counts; /* [n_rows][n_vocab]: times the token was generated so far */
-    const float *bias;         /* [n_rows][n_vocab] logit_bias, -inf for a banned token */
+    const float *bias;         /* [n_rows][n_vocab] the row's logit_bias entries summed per
+                                  token, -inf where one of them is <= -100 (a ban) */
     uint64_t *rng;             /* [n_rows] generator state (ql_cuda_rng_*), advanced by one
                                   draw per row sampled at temperature > 0 */
     void *work;                /* scratch of ql_cuda_sample_work_bytes() bytes */
@@ -236,8 +245,10 @@ typedef struct ql_cuda_sample_args_s {
 #define QL_CUDA_SAMPLE_NONE (-1) /* every token is -inf or banned: QL_ERANGE */
 #define QL_CUDA_SAMPLE_NAN (-2)  /* the row holds NaN or +inf: QL_EINTERNAL */
 
-/** Scratch bytes for rows of n_vocab; 0 with QL_EINVAL on bad sizes. Needs no device but
- *  CUDA compiled in (the sort's own scratch size comes from CUB): QL_EUNSUPPORTED without. */
+/** Scratch bytes ql_cuda_sample_rows/probs need for n_rows rows of n_vocab (the rows are
+ *  sorted by key with CUB, whose scratch size is asked of the current device).
+ *  @return 0, QL_EINVAL (bad sizes, n_rows · n_vocab > INT32_MAX), QL_ECUDA,
+ *  QL_EUNSUPPORTED (no CUDA in this build). */
 QL_API int ql_cuda_sample_work_bytes(int64_t n_rows, int32_t n_vocab, size_t *out);
 
 /** Steps 1-8 of scheduler/sampling.h per row: tokens_out [n_rows] int32 (DEVICE) gets the
