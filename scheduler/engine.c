@@ -18,6 +18,7 @@
 #include "scheduler/detok.h"
 #include "scheduler/kv-cache.h"
 #include "scheduler/scheduler.h"
+#include "scheduler/spec.h"
 
 /* ---- requests ---- */
 
@@ -32,6 +33,7 @@ typedef struct choice_s {
     ql_detok_t detok;
     ql_stop_t stop;
     int32_t n_generated;
+    float spec_alpha;      /* measured acceptance of this choice's drafts (NOTE(spec)) */
 } choice_t;
 
 struct ereq_s {
@@ -44,6 +46,7 @@ struct ereq_s {
     int32_t min_tokens;
     int32_t ignore_eos;
     int32_t priority;
+    int32_t spec_k;         /* drafts per step at most for this request; 0: none */
     ql_sampling_params_t sampling;
     int32_t n_bias_user;    /* logit_bias[0, n_bias_user) the client's, then the bans */
     int32_t n_bias_all;
@@ -83,6 +86,19 @@ struct ql_engine_s {
     int32_t n_eog;
     int32_t *copy_src, *copy_dst; /* [max_num_seqs] */
     choice_t **item_choice;  /* [max_num_seqs] */
+    int32_t max_logits_rows; /* rows of `logits` */
+
+    /* speculative decoding (engine thread only) */
+    int32_t spec_method, spec_k, spec_ngram_min, spec_ngram_max, spec_layers, spec_fixed_k;
+    ql_spec_cost_t spec_cost;
+    float spec_alpha_all;    /* acceptance over every choice, the prior of a new one */
+    int32_t last_prefill_tokens;
+    float *spec_p, *spec_r;  /* [n_vocab] verify scratch */
+    int32_t *spec_buf;       /* [max_num_seqs][QL_SPEC_K_MAX] proposals */
+    choice_t **spec_cand;    /* [max_num_seqs] */
+    float *spec_alphas;      /* [max_num_seqs] */
+    int32_t *spec_kmax, *spec_kplan; /* [max_num_seqs] */
+    uint64_t spec_n_drafts, spec_n_draft_tokens, spec_n_accepted;
     char *text;              /* the event text being built */
     size_t text_len, text_cap;
 
@@ -253,6 +269,9 @@ static void publish_locked(ql_engine_t *e) {
     c->n_requests_finished = e->n_finished;
     c->n_requests_failed = e->n_failed;
     c->n_requests_cancelled = e->n_cancelled;
+    c->spec_num_drafts = e->spec_n_drafts;
+    c->spec_draft_tokens = e->spec_n_draft_tokens;
+    c->spec_accepted_tokens = e->spec_n_accepted;
     c->healthy = e->healthy;
     c->stopped = e->stopped;
 }
@@ -294,35 +313,14 @@ static int is_stop_id(const ereq_t *r, int32_t tok) {
     return 0;
 }
 
-/* Samples choice c's next token from `row`, applies the stop conditions, emits its OUTPUT event
- * and, when it ended, retires the choice (and the request with its last choice). */
-static void sample_choice(ql_engine_t *e, choice_t *c, const float *row) {
+/* Emits token `tok` of choice c, already appended to its scheduler sequence (which now holds
+ * n_tokens_after tokens): stop conditions, detokenization, the OUTPUT event, and the choice's
+ * retirement (the request's with its last choice) when it ended. Returns 1 when the choice
+ * ended or the request failed. */
+static int emit_token(ql_engine_t *e, choice_t *c, int32_t tok, const ql_sample_result_t *res,
+                      int32_t n_tokens_after) {
     ereq_t *r = c->req;
-    if (r->done || c->seq < 0) return;
-    ql_sched_seq_info_t info;
-    int rc = ql_sched_seq_info(e->sched, c->seq, &info);
-    QL_ASSERT(rc == 0);
-    if (c->bans_on && c->n_generated >= r->min_tokens) {
-        /* NOTE(min-tokens): the bans are the tail of the validated bias array; dropping them
-         * leaves a valid prefix (sampling.h allows lowering n_logit_bias between calls) */
-        c->sampler.params.n_logit_bias = r->n_bias_user;
-        c->bans_on = 0;
-    }
-    ql_sampling_history_t hist = {
-        .tokens = info.tokens, .n_tokens = info.n_tokens, .n_prompt = info.n_prompt};
-    ql_sample_result_t res;
-    rc = ql_sampler_sample(&c->sampler, e->ws, row, &hist, &res);
-    if (rc != 0) {
-        req_fail(e, r, rc, rc == QL_ERANGE ? "no token can be sampled: every token is banned"
-                                           : "sampling failed (logits hold NaN or inf?)");
-        return;
-    }
-    const int32_t tok = res.token;
-    rc = ql_sched_push_token(e->sched, c->seq, tok);
-    if (rc != 0) {
-        req_fail(e, r, QL_EINTERNAL, "scheduler refused token (%s)", ql_strerror(rc));
-        return;
-    }
+    int rc;
     c->n_generated++;
     r->stats.n_completion_tokens++;
     e->n_generation_tokens++;
@@ -340,7 +338,7 @@ static void sample_choice(ql_engine_t *e, choice_t *c, const float *row) {
         rc = ql_stop_push(&c->stop, d, dn, c->n_generated >= r->min_tokens, &o, &on, NULL);
         if (rc < 0) {
             req_fail(e, r, QL_EINTERNAL, "stop matcher: %s", ql_strerror(rc));
-            return;
+            return 1;
         }
         text_add(e, o, on);
         if (rc == 1) {
@@ -349,7 +347,7 @@ static void sample_choice(ql_engine_t *e, choice_t *c, const float *row) {
         }
     }
     if (finish == QL_FINISH_REASON_NONE &&
-        (c->n_generated >= r->max_tokens || info.n_tokens + 1 >= e->lim.max_model_len))
+        (c->n_generated >= r->max_tokens || n_tokens_after >= e->lim.max_model_len))
         finish = QL_FINISH_REASON_LENGTH;
     if (finish != QL_FINISH_REASON_NONE && !matched) {
         const char *o;
@@ -365,18 +363,185 @@ static void sample_choice(ql_engine_t *e, choice_t *c, const float *row) {
     ev.choice = c->index;
     ev.tokens = &tok;
     ev.n_tokens = 1;
-    ev.logprobs = r->sampling.logprobs ? &res : NULL;
+    ev.logprobs = r->sampling.logprobs ? res : NULL;
     ev.text = e->text_len ? e->text : "";
     ev.text_len = e->text_len;
     ev.finish_reason = finish;
     r->cb(&ev, r->ud);
 
-    if (finish == QL_FINISH_REASON_NONE) return;
+    if (finish == QL_FINISH_REASON_NONE) return 0;
     r->reasons[c->index] = finish;
     rc = ql_sched_remove(e->sched, c->seq);
     QL_ASSERT(rc == 0);
     c->seq = -1;
     if (--r->n_live == 0) req_finish(e, r);
+    return 1;
+}
+
+/* NOTE(min-tokens): the bans are the tail of the validated bias array; dropping them leaves a
+ * valid prefix (sampling.h allows lowering n_logit_bias between calls). The bias count in force
+ * once `n_generated` tokens are out. */
+static int32_t bias_count_at(const ereq_t *r, const choice_t *c, int32_t n_generated) {
+    (void)c;
+    return n_generated >= r->min_tokens ? r->n_bias_user : r->n_bias_all;
+}
+
+/* Samples choice c's next token from `row`, applies the stop conditions, emits its OUTPUT event
+ * and, when it ended, retires the choice (and the request with its last choice). */
+static void sample_choice(ql_engine_t *e, choice_t *c, const float *row) {
+    ereq_t *r = c->req;
+    if (r->done || c->seq < 0) return;
+    ql_sched_seq_info_t info;
+    int rc = ql_sched_seq_info(e->sched, c->seq, &info);
+    QL_ASSERT(rc == 0);
+    if (c->bans_on && c->n_generated >= r->min_tokens) {
+        c->sampler.params.n_logit_bias = bias_count_at(r, c, c->n_generated);
+        c->bans_on = 0;
+    }
+    ql_sampling_history_t hist = {
+        .tokens = info.tokens, .n_tokens = info.n_tokens, .n_prompt = info.n_prompt};
+    ql_sample_result_t res;
+    rc = ql_sampler_sample(&c->sampler, e->ws, row, &hist, &res);
+    if (rc != 0) {
+        req_fail(e, r, rc, rc == QL_ERANGE ? "no token can be sampled: every token is banned"
+                                           : "sampling failed (logits hold NaN or inf?)");
+        return;
+    }
+    const int32_t tok = res.token;
+    rc = ql_sched_push_token(e->sched, c->seq, tok);
+    if (rc != 0) {
+        req_fail(e, r, QL_EINTERNAL, "scheduler refused token (%s)", ql_strerror(rc));
+        return;
+    }
+    emit_token(e, c, tok, &res, info.n_tokens + 1);
+}
+
+/* ---- speculative decoding ---- */
+
+/* NOTE(spec): around each step the engine
+ *   1. (spec_propose) for every choice in decode state whose request speculates, finds drafts
+ *      (n-gram lookup in its own tokens), then sizes them with the cost model (spec.h
+ *      NOTE(spec-cost)): the step's fitted time against each choice's measured acceptance
+ *      (spec_alpha), unless spec_fixed_k; hands them to the scheduler (ql_sched_set_draft);
+ *   2. the scheduler feeds the last token and the drafts as one chunk with logits on every row;
+ *   3. (spec_verify) accepts a prefix of the drafts losslessly (ql_spec_verify), commits it
+ *      (ql_sched_spec_commit: rejected positions rolled back) and emits the accepted tokens and
+ *      the one sampled after them, one OUTPUT event each, through the same stop conditions as
+ *      ordinary decoding.
+ * A choice's acceptance is an exponential average over its drafted tokens, starting from the
+ * engine's average; a choice that stopped drafting drifts back towards that average, so it is
+ * tried again. */
+#define SPEC_ALPHA_PRIOR 0.6f
+#define SPEC_ALPHA_RATE 0.15f   /* weight of one drafted token's outcome */
+#define SPEC_ALPHA_RETURN 0.02f /* per step without drafts, towards the engine's average */
+
+static void spec_note(ql_engine_t *e, choice_t *c, int32_t n_draft, int32_t n_accepted) {
+    for (int32_t i = 0; i < n_draft && i <= n_accepted; i++) {
+        const float x = i < n_accepted ? 1.0f : 0.0f;
+        c->spec_alpha += SPEC_ALPHA_RATE * (x - c->spec_alpha);
+        e->spec_alpha_all += 0.02f * (x - e->spec_alpha_all);
+    }
+}
+
+static void spec_propose(ql_engine_t *e) {
+    int32_t n_cand = 0, n_decode = 0;
+    for (ereq_t *r = e->live_head; r; r = r->next) {
+        if (r->done) continue;
+        for (int32_t i = 0; i < r->n_choices; i++) {
+            choice_t *c = &r->choices[i];
+            if (c->seq < 0) continue;
+            ql_sched_seq_info_t info;
+            if (ql_sched_seq_info(e->sched, c->seq, &info) != 0) continue;
+            if (info.state != QL_SCHED_STATE_RUNNING || info.n_tokens <= info.n_prompt ||
+                info.n_computed != info.n_tokens - 1 || info.verify_pending)
+                continue;
+            n_decode++;
+            int32_t room = info.max_tokens - (info.n_tokens - info.n_prompt) - 1;
+            int32_t kmax = QL_MIN(r->spec_k, room);
+            if (kmax <= 0 || n_cand >= e->lim.max_num_seqs) continue;
+            int32_t *buf = e->spec_buf + (size_t)n_cand * QL_SPEC_K_MAX;
+            int32_t found = ql_spec_ngram_propose(info.tokens, info.n_tokens, e->spec_ngram_min,
+                                                  e->spec_ngram_max, kmax, buf);
+            if (found <= 0) {
+                c->spec_alpha += SPEC_ALPHA_RETURN * (e->spec_alpha_all - c->spec_alpha);
+                continue;
+            }
+            e->spec_cand[n_cand] = c;
+            e->spec_kmax[n_cand] = found;
+            e->spec_alphas[n_cand] = c->spec_alpha;
+            n_cand++;
+        }
+    }
+    if (n_cand == 0) return;
+    if (e->spec_fixed_k) {
+        for (int32_t i = 0; i < n_cand; i++) e->spec_kplan[i] = e->spec_kmax[i];
+    } else {
+        ql_spec_plan(&e->spec_cost, n_decode + e->last_prefill_tokens, (double)n_decode, n_cand,
+                     e->spec_alphas, e->spec_kmax, 0.0, e->spec_kplan);
+    }
+    for (int32_t i = 0; i < n_cand; i++) {
+        choice_t *c = e->spec_cand[i];
+        if (e->spec_kplan[i] <= 0) {
+            c->spec_alpha += SPEC_ALPHA_RETURN * (e->spec_alpha_all - c->spec_alpha);
+            continue;
+        }
+        int32_t rc = ql_sched_set_draft(e->sched, c->seq, e->spec_buf + (size_t)i * QL_SPEC_K_MAX,
+                                        e->spec_kplan[i]);
+        if (rc < 0) QL_LOG_DEBUG("draft refused (%s)", ql_strerror(rc));
+    }
+}
+
+/* A verify item's logits arrived: rows[0, n_draft] of choice c. */
+static void spec_verify(ql_engine_t *e, choice_t *c, const ql_sched_item_t *it) {
+    ereq_t *r = c->req;
+    if (r->done || c->seq < 0) return;
+    ql_sched_seq_info_t info;
+    int rc = ql_sched_seq_info(e->sched, c->seq, &info);
+    QL_ASSERT(rc == 0 && info.verify_pending && info.n_draft == it->n_draft);
+    const int32_t k = it->n_draft;
+    const size_t n_vocab = (size_t)e->lim.n_vocab;
+    const float *rows[QL_SPEC_K_MAX + 1];
+    int32_t nbias[QL_SPEC_K_MAX + 1], out[QL_SPEC_K_MAX + 1];
+    for (int32_t i = 0; i <= k; i++) {
+        rows[i] = e->logits + (size_t)(it->logits_row + i) * n_vocab;
+        nbias[i] = c->bans_on ? bias_count_at(r, c, c->n_generated + i) : r->n_bias_user;
+    }
+    ql_spec_verify_t v = {.rows = rows,
+                          .draft = info.tokens + info.n_tokens,
+                          .q = NULL,
+                          .n_draft = k,
+                          .tokens = info.tokens,
+                          .n_known = info.n_tokens,
+                          .n_prompt = info.n_prompt,
+                          .n_logit_bias = nbias};
+    int32_t m = 0;
+    rc = ql_spec_verify(&c->sampler, e->ws, &v, e->spec_p, e->spec_r, out, &m);
+    if (rc != 0) {
+        req_fail(e, r, rc, rc == QL_ERANGE ? "no token can be sampled: every token is banned"
+                                           : "sampling failed (logits hold NaN or inf?)");
+        return;
+    }
+    r->stats.n_draft_tokens += k;
+    r->stats.n_accepted_tokens += m;
+    e->spec_n_drafts++;
+    e->spec_n_draft_tokens += (uint64_t)k;
+    e->spec_n_accepted += (uint64_t)m;
+    spec_note(e, c, k, m);
+    rc = ql_sched_spec_commit(e->sched, c->seq, m);
+    if (rc == 0) rc = ql_sched_push_token(e->sched, c->seq, out[m]);
+    if (rc != 0) {
+        req_fail(e, r, QL_EINTERNAL, "scheduler refused the verified tokens (%s)",
+                 ql_strerror(rc));
+        return;
+    }
+    for (int32_t j = 0; j <= m; j++) {
+        ql_sample_result_t res = {.token = out[j]};
+        if (r->sampling.logprobs && ql_sampler_logprobs(&c->sampler, rows[j], out[j], &res) != 0) {
+            req_fail(e, r, QL_EINTERNAL, "sampling failed (logits hold NaN or inf?)");
+            return;
+        }
+        if (emit_token(e, c, out[j], &res, info.n_tokens + j + 1)) return;
+    }
 }
 
 /* A sequence got logits: fork the request's other choices first when its prompt just
@@ -424,6 +589,7 @@ static int apply_copies(ql_engine_t *e, const ql_kv_copy_t *copies, int32_t n) {
 static void step(ql_engine_t *e) {
     ql_sched_step_t st;
     memset(&st, 0, sizeof(st));
+    if (e->spec_method != QL_ENGINE_SPEC_NONE) spec_propose(e);
     int rc = ql_sched_schedule(e->sched, &st);
     if (rc != 0) {
         char msg[96];
@@ -462,7 +628,12 @@ static void step(ql_engine_t *e) {
                       (int)info.n_tokens);
     }
     rc = apply_copies(e, st.copies, st.n_copies);
+    const uint64_t t_fwd = ql_time_ns();
     if (rc == 0) rc = ql_backend_forward(e->be, &st.batch, e->logits);
+    if (rc == 0 && e->spec_method != QL_ENGINE_SPEC_NONE) {
+        ql_spec_cost_observe(&e->spec_cost, st.batch.n_tokens, (double)(ql_time_ns() - t_fwd) * 1e-9);
+        e->last_prefill_tokens = st.n_prefill_tokens;
+    }
     if (rc != 0) {
         char msg[128];
         snprintf(msg, sizeof(msg), "backend %s failed: %s", st.n_copies ? "step" : "forward",
@@ -487,7 +658,8 @@ static void step(ql_engine_t *e) {
     for (int32_t i = 0; i < st.n_items; i++) {
         choice_t *c = e->item_choice[i];
         if (!c || c->seq != st.items[i].seq) continue;
-        on_logits(e, c, e->logits + (size_t)st.items[i].logits_row * n_vocab);
+        if (st.items[i].n_draft > 0) spec_verify(e, c, &st.items[i]);
+        else on_logits(e, c, e->logits + (size_t)st.items[i].logits_row * n_vocab);
     }
 }
 
@@ -565,6 +737,16 @@ static void *engine_main(void *arg) {
 
 /* ---- init / free ---- */
 
+static void spec_free(ql_engine_t *e) {
+    free(e->spec_p);
+    free(e->spec_r);
+    free(e->spec_buf);
+    free(e->spec_cand);
+    free(e->spec_alphas);
+    free(e->spec_kmax);
+    free(e->spec_kplan);
+}
+
 int ql_engine_init(const ql_engine_params_t *p, ql_backend_t *be, const ql_tok_t *tok,
                    ql_engine_t **out, char *err, size_t errlen) {
     ql_errf(err, errlen, "%s", "");
@@ -578,6 +760,17 @@ int ql_engine_init(const ql_engine_params_t *p, ql_backend_t *be, const ql_tok_t
         (p->disable_prefix_cache != 0 && p->disable_prefix_cache != 1)) {
         ql_errf(err, errlen, "engine: a parameter is negative or out of range");
         return QL_EINVAL;
+    }
+    if (p->spec_method < QL_ENGINE_SPEC_NONE || p->spec_method > QL_ENGINE_SPEC_LAYERSKIP ||
+        p->spec_k < 0 || p->spec_k > QL_SPEC_K_MAX || p->spec_ngram_min < 0 ||
+        p->spec_ngram_max < 0 || p->spec_layers < 0) {
+        ql_errf(err, errlen, "engine: a speculative decoding parameter is out of range");
+        return QL_EINVAL;
+    }
+    if (p->spec_method == QL_ENGINE_SPEC_DRAFT || p->spec_method == QL_ENGINE_SPEC_LAYERSKIP) {
+        ql_errf(err, errlen, "engine: speculative method '%s' is not built yet (use ngram)",
+                p->spec_method == QL_ENGINE_SPEC_DRAFT ? "draft" : "layerskip");
+        return QL_EUNSUPPORTED;
     }
     if (bi->n_vocab < 1 || bi->n_seqs_max < 1 || bi->n_logits_max < 1 ||
         bi->n_batch_tokens_max < 1 || bi->kv.block_size < 1 || bi->kv.n_blocks < 1 ||
@@ -618,6 +811,29 @@ int ql_engine_init(const ql_engine_params_t *p, ql_backend_t *be, const ql_tok_t
     e->lim = lim;
     e->healthy_local = 1;
     e->healthy = 1;
+    e->spec_method = p->spec_method;
+    e->spec_k = p->spec_method ? (p->spec_k ? p->spec_k : 4) : 0;
+    e->spec_ngram_min = p->spec_ngram_min ? p->spec_ngram_min : 1;
+    e->spec_ngram_max = QL_MAX(p->spec_ngram_max ? p->spec_ngram_max : 3, e->spec_ngram_min);
+    e->spec_layers = p->spec_layers ? p->spec_layers : 4;
+    e->spec_fixed_k = p->spec_fixed_k != 0;
+    e->spec_alpha_all = SPEC_ALPHA_PRIOR;
+    /* NOTE(spec-prior): SmolLM2-135M on two cores of this project's CPU: ~2.4 ms a step plus
+     * ~0.65 ms a token (docs/BENCHMARKS.md); the fit replaces it within a few dozen steps */
+    ql_spec_cost_init(&e->spec_cost, 2.4e-3, 0.65e-3);
+    /* logits rows: one per sequence, plus the drafts' when speculating */
+    e->max_logits_rows = lim.max_num_seqs;
+    if (e->spec_k > 0) {
+        int64_t want = (int64_t)lim.max_num_seqs * (1 + e->spec_k);
+        want = QL_MIN(want, (int64_t)QL_MIN(bi->n_logits_max, lim.max_batched_tokens));
+        e->max_logits_rows = (int32_t)QL_MAX(want, (int64_t)lim.max_num_seqs);
+        if (e->max_logits_rows == lim.max_num_seqs)
+            QL_LOG_WARN("speculative decoding: the backend returns %d logits rows per step, "
+                        "none left for drafts", (int)bi->n_logits_max);
+    }
+    lim.spec_method = e->spec_method;
+    lim.spec_k = e->spec_k;
+    e->lim = lim;
     e->accepting = 1;
     e->next_handle = 1;
     int rc = QL_ENOMEM;
@@ -632,12 +848,13 @@ int ql_engine_init(const ql_engine_params_t *p, ql_backend_t *be, const ql_tok_t
     if ((rc = ql_kv_init(&kp, &e->kv)) != 0) goto fail;
     ql_sched_params_t sp = {.max_num_seqs = lim.max_num_seqs,
                             .max_batched_tokens = lim.max_batched_tokens,
-                            .max_model_len = lim.max_model_len};
+                            .max_model_len = lim.max_model_len,
+                            .max_logits_rows = e->max_logits_rows};
     if ((rc = ql_sched_init(&sp, e->kv, &e->sched)) != 0) goto fail;
     if ((rc = ql_sampler_ws_init(lim.n_vocab, &e->ws)) != 0) goto fail;
     rc = QL_ENOMEM;
     size_t n_logits;
-    if (ql_size_mul((size_t)lim.max_num_seqs, (size_t)lim.n_vocab, &n_logits) != 0) goto fail;
+    if (ql_size_mul((size_t)e->max_logits_rows, (size_t)lim.n_vocab, &n_logits) != 0) goto fail;
     e->logits = malloc(n_logits * sizeof(float));
     e->copy_src = calloc((size_t)lim.max_num_seqs, sizeof(int32_t));
     e->copy_dst = calloc((size_t)lim.max_num_seqs, sizeof(int32_t));
@@ -646,6 +863,19 @@ int ql_engine_init(const ql_engine_params_t *p, ql_backend_t *be, const ql_tok_t
     size_t n_eog = ql_tok_eog_ids(tok, &eog);
     e->eog = calloc(n_eog + 1, sizeof(int32_t));
     if (!e->logits || !e->copy_src || !e->copy_dst || !e->item_choice || !e->eog) goto fail;
+    if (e->spec_k > 0) {
+        const size_t ns = (size_t)lim.max_num_seqs;
+        e->spec_p = malloc((size_t)lim.n_vocab * sizeof(float));
+        e->spec_r = malloc((size_t)lim.n_vocab * sizeof(float));
+        e->spec_buf = calloc(ns * QL_SPEC_K_MAX, sizeof(int32_t));
+        e->spec_cand = calloc(ns, sizeof(choice_t *));
+        e->spec_alphas = calloc(ns, sizeof(float));
+        e->spec_kmax = calloc(ns, sizeof(int32_t));
+        e->spec_kplan = calloc(ns, sizeof(int32_t));
+        if (!e->spec_p || !e->spec_r || !e->spec_buf || !e->spec_cand || !e->spec_alphas ||
+            !e->spec_kmax || !e->spec_kplan)
+            goto fail;
+    }
     for (size_t i = 0; i < n_eog; i++)
         if (eog[i] >= 0 && eog[i] < lim.n_vocab) e->eog[e->n_eog++] = eog[i];
 
@@ -666,10 +896,10 @@ int ql_engine_init(const ql_engine_params_t *p, ql_backend_t *be, const ql_tok_t
     }
     e->thread_started = 1;
     QL_LOG_INFO("engine: backend %s, max_num_seqs %d, max_batched_tokens %d, max_model_len %d, "
-                "%d KV blocks of %d tokens, prefix cache %s",
+                "%d KV blocks of %d tokens, prefix cache %s, speculation %s (k %d)",
                 bi->name ? bi->name : "?", (int)lim.max_num_seqs, (int)lim.max_batched_tokens,
                 (int)lim.max_model_len, (int)lim.n_blocks, (int)lim.block_size,
-                kp.prefix_cache ? "on" : "off");
+                kp.prefix_cache ? "on" : "off", e->spec_method ? "ngram" : "off", (int)e->spec_k);
     *out = e;
     return 0;
 
@@ -682,6 +912,7 @@ fail:
     free(e->copy_src);
     free(e->copy_dst);
     free(e->item_choice);
+    spec_free(e);
     free(e->eog);
     free(e);
     return rc;
@@ -719,6 +950,7 @@ void ql_engine_free(ql_engine_t *e) {
     free(e->copy_src);
     free(e->copy_dst);
     free(e->item_choice);
+    spec_free(e);
     free(e->eog);
     free(e->text);
     free(e);
@@ -786,6 +1018,11 @@ int ql_engine_submit(ql_engine_t *e, const ql_engine_request_t *q, uint64_t *han
                     (int)q->stop_token_ids[i]);
             return QL_EINVAL;
         }
+    }
+    if (q->spec_tokens < -1 || q->spec_tokens > QL_SPEC_K_MAX) {
+        ql_errf(err, errlen, "num_speculative_tokens %d is outside [-1, %d]", (int)q->spec_tokens,
+                QL_SPEC_K_MAX);
+        return QL_EINVAL;
     }
     int32_t max_tokens = q->max_tokens;
     if (max_tokens <= 0) {
@@ -866,6 +1103,7 @@ int ql_engine_submit(ql_engine_t *e, const ql_engine_request_t *q, uint64_t *han
     r->min_tokens = q->min_tokens;
     r->ignore_eos = q->ignore_eos != 0;
     r->priority = q->priority;
+    r->spec_k = q->spec_tokens < 0 ? 0 : q->spec_tokens == 0 ? L->spec_k : QL_MIN(q->spec_tokens, L->spec_k);
     r->sampling = q->sampling;
     r->sampling.logit_bias = bias;
     r->sampling.n_logit_bias = n_bias;
@@ -884,6 +1122,7 @@ int ql_engine_submit(ql_engine_t *e, const ql_engine_request_t *q, uint64_t *han
         c->req = r;
         c->index = i;
         c->seq = -1;
+        c->spec_alpha = SPEC_ALPHA_PRIOR;
         r->reasons[i] = QL_FINISH_REASON_NONE;
         ql_sampling_params_t sp = r->sampling;
         sp.seed = q->sampling.seed + (uint64_t)i;

@@ -70,7 +70,24 @@ typedef struct ql_engine_params_s {
                                    (n_blocks * block_size, with a warning) */
     int32_t disable_prefix_cache; /* 1: no prefix caching (--no-prefix-cache) */
     uint64_t prefix_hash_seed;  /* seeds the prefix-cache hash (prefix-cache.h NOTE(collisions)) */
+    /* speculative decoding (spec.h; NOTE(spec) in engine.c) */
+    int32_t spec_method;        /* ql_engine_spec_t; default none */
+    int32_t spec_k;             /* drafted tokens per sequence and step at most, 1..16.
+                                   Default 4. The backend's n_logits_max must leave rows for
+                                   them (max_num_seqs · (1 + spec_k)), else fewer are drafted */
+    int32_t spec_ngram_min;     /* ngram: shortest n-gram matched. Default 1 */
+    int32_t spec_ngram_max;     /* ngram: longest n-gram matched. Default 3 */
+    int32_t spec_layers;        /* layerskip: the draft runs the first L layers. Default 4 */
+    int32_t spec_fixed_k;       /* 1: always draft spec_k (no load adaptation; for tests and
+                                   benchmarks of the mechanics) */
 } ql_engine_params_t;
+
+typedef enum ql_engine_spec_e {
+    QL_ENGINE_SPEC_NONE = 0,
+    QL_ENGINE_SPEC_DRAFT = 1,     /* a second model (not built yet: refused) */
+    QL_ENGINE_SPEC_NGRAM = 2,     /* prompt lookup in the sequence's own tokens */
+    QL_ENGINE_SPEC_LAYERSKIP = 3, /* the target's first spec_layers layers and its head */
+} ql_engine_spec_t;
 
 typedef enum ql_engine_event_kind_e {
     QL_ENGINE_EVENT_OUTPUT = 1,   /* one choice's new tokens, logprobs and text; finish_reason set
@@ -87,6 +104,8 @@ typedef struct ql_engine_stats_s {
                                        preempted and recomputed request keeps this count) */
     int32_t n_completion_tokens;    /* every choice, end-of-generation tokens included */
     int32_t n_preemptions;          /* of any of its sequences */
+    int32_t n_draft_tokens;         /* speculative tokens drafted and verified */
+    int32_t n_accepted_tokens;      /* of those, accepted (each an output token) */
     uint64_t t_submit_ns;           /* accepted by ql_engine_submit */
     uint64_t t_scheduled_ns;        /* first admitted into a step (queue time = this - submit) */
     uint64_t t_first_token_ns;      /* first output token sampled */
@@ -143,6 +162,9 @@ typedef struct ql_engine_request_s {
     int32_t n_stop_token_ids;
     int32_t priority;               /* lower is served first; equal: first come first served */
     int32_t render_special;         /* 1: control tokens appear in the text as their text */
+    int32_t spec_tokens;            /* speculation for this request: 0 = the engine's setting,
+                                       -1 = none, 1..16 = at most this many drafts per step
+                                       (capped by the engine's spec_k) */
     ql_engine_event_fn on_event;    /* required */
     void *user_data;                /* passed to on_event */
 } ql_engine_request_t;
@@ -167,6 +189,10 @@ typedef struct ql_engine_counters_s {
     uint64_t n_requests_finished;    /* final event FINISHED */
     uint64_t n_requests_failed;      /* final event ERROR, cancellations excluded */
     uint64_t n_requests_cancelled;   /* final event ERROR with QL_ECANCELED */
+    uint64_t spec_num_drafts;        /* spec_decode_num_drafts: verifies (sequence-steps with
+                                        drafts) */
+    uint64_t spec_draft_tokens;      /* spec_decode_num_draft_tokens */
+    uint64_t spec_accepted_tokens;   /* spec_decode_num_accepted_tokens */
     int32_t healthy;                 /* 0 after a backend failure */
     int32_t stopped;                 /* 1 once the engine thread has exited */
 } ql_engine_counters_t;
@@ -179,6 +205,8 @@ typedef struct ql_engine_limits_s {
     int32_t n_vocab;
     int32_t block_size;
     int32_t n_blocks;
+    int32_t spec_method;    /* ql_engine_spec_t in force */
+    int32_t spec_k;         /* 0 without speculation */
 } ql_engine_limits_t;
 
 /** Builds the block manager (from the backend's KV layout), the scheduler and the sampler

@@ -567,3 +567,16 @@ int ql_sampler_probs(const ql_sampler_t *s, ql_sampler_ws_t *ws, const float *lo
     for (int32_t i = 0; i < n; i++) probs[ws->cand[i].id] = (float)(ws->cand[i].w / z);
     return 0;
 }
+
+int ql_sampler_logprobs(const ql_sampler_t *s, const float *logits, int32_t token,
+                        ql_sample_result_t *out) {
+    if (!s || !logits || !out || token < 0 || token >= s->_n_vocab) return QL_EINVAL;
+    float raw_max;
+    if (!row_max_checked(logits, s->_n_vocab, &raw_max)) return QL_EINTERNAL;
+    out->token = token;
+    out->logprob = 0.0f;
+    out->n_top = 0;
+    raw_logprobs(logits, s->_n_vocab, raw_max, token, QL_MIN(s->params.top_logprobs, s->_n_vocab),
+                 out);
+    return 0;
+}

@@ -156,6 +156,14 @@ QL_API int ql_sampler_sample(ql_sampler_t *s, ql_sampler_ws_t *ws, const float *
 QL_API int ql_sampler_probs(const ql_sampler_t *s, ql_sampler_ws_t *ws, const float *logits,
                             const ql_sampling_history_t *hist, float *probs);
 
+/** Fills out->logprob with `token`'s raw logprob in `logits` [n_vocab] and out->top_* with the
+ *  params.top_logprobs most likely tokens, as ql_sampler_sample reports them when
+ *  params.logprobs is set; out->token = token. For tokens chosen elsewhere (an accepted
+ *  speculative draft). @return 0; QL_EINVAL (NULL, token outside the vocabulary);
+ *  QL_EINTERNAL (NaN or +inf in the row). Thread: the one using `s`. */
+QL_API int ql_sampler_logprobs(const ql_sampler_t *s, const float *logits, int32_t token,
+                               ql_sample_result_t *out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -24,11 +24,14 @@ typedef struct sseq_s {
     uint32_t sub;            /* 0 for an added sequence, k for its k-th fork: breaks ties */
     uint64_t admit;          /* order of the latest admission (or fork) */
     int32_t step_tokens;     /* tokens fed in the pending step, 0 when none */
+    int32_t n_draft;         /* drafts at tokens[n_tokens, n_tokens + n_draft) (spec) */
+    int32_t verify_pending;  /* drafts fed by the last step, awaiting ql_sched_spec_commit */
     void *user;
 } sseq_t;
 
 struct ql_sched_s {
     ql_sched_limits_t lim;
+    int32_t max_logits_rows;
     ql_kv_t *kv;
 
     sseq_t *seqs;            /* [n_seqs_cap] slots */
@@ -83,6 +86,7 @@ ql_sched_params_t ql_sched_params_default(void) {
     p.max_num_seqs = 64;
     p.max_batched_tokens = 512;
     p.max_model_len = 0;
+    p.max_logits_rows = 0;
     return p;
 }
 
@@ -120,8 +124,9 @@ int ql_sched_init(const ql_sched_params_t *p, ql_kv_t *kv, ql_sched_t **out) {
     int32_t max_len = p->max_model_len;
     /* the manager's n_seq_max and n_tokens_max are not readable through kv-cache.h: its table
      * width bounds the second, the caller (who made both) guarantees both (scheduler.h) */
+    int32_t max_rows = p->max_logits_rows ? p->max_logits_rows : p->max_num_seqs;
     if (p->max_num_seqs < 1 || p->max_batched_tokens < p->max_num_seqs || max_len < 2 ||
-        max_len > ql_kv_max_blocks_per_seq(kv) * bs)
+        max_len > ql_kv_max_blocks_per_seq(kv) * bs || max_rows < p->max_num_seqs)
         return QL_EINVAL;
 
     ql_sched_t *s = calloc(1, sizeof(*s));
@@ -132,6 +137,7 @@ int ql_sched_init(const ql_sched_params_t *p, ql_kv_t *kv, ql_sched_t **out) {
     s->lim.max_model_len = max_len;
     s->lim.block_size = bs;
     s->lim.n_blocks = ks.n_blocks;
+    s->max_logits_rows = max_rows;
     size_t nt = (size_t)p->max_batched_tokens, ns = (size_t)p->max_num_seqs;
     s->running = calloc(ns, sizeof(int32_t));
     s->b_tokens = calloc(nt, sizeof(int32_t));
@@ -140,7 +146,7 @@ int ql_sched_init(const ql_sched_params_t *p, ql_kv_t *kv, ql_sched_t **out) {
     s->b_tables = calloc(ns, sizeof(*s->b_tables));
     s->b_n_blocks = calloc(ns, sizeof(int32_t));
     s->b_seq_len = calloc(ns, sizeof(int32_t));
-    s->b_logits_rows = calloc(ns, sizeof(int32_t));
+    s->b_logits_rows = calloc((size_t)max_rows, sizeof(int32_t));
     s->copies = calloc(ns, sizeof(ql_kv_copy_t));
     s->items = calloc(ns, sizeof(ql_sched_item_t));
     s->admitted = calloc(ns, sizeof(int32_t));
@@ -354,9 +360,11 @@ int ql_sched_remove(ql_sched_t *s, int32_t seq) {
 int ql_sched_push_token(ql_sched_t *s, int32_t seq, int32_t token) {
     if (!seq_ok(s, seq) || s->seqs[seq].state != QL_SCHED_STATE_RUNNING) return QL_EINVAL;
     sseq_t *q = &s->seqs[seq];
-    if (s->step_pending || ql_kv_seq_n_computed(s->kv, q->kv) != q->n_tokens) return QL_ESTATE;
+    if (s->step_pending || q->verify_pending || ql_kv_seq_n_computed(s->kv, q->kv) != q->n_tokens)
+        return QL_ESTATE;
     if (q->n_tokens - q->n_prompt >= q->max_tokens) return QL_ERANGE;
     q->tokens[q->n_tokens++] = token;
+    q->n_draft = 0; /* they followed the old last token */
     return 0;
 }
 
@@ -373,6 +381,8 @@ int ql_sched_seq_info(const ql_sched_t *s, int32_t seq, ql_sched_seq_info_t *out
     out->n_cached_prompt = q->n_cached_prompt;
     out->n_preemptions = q->n_preemptions;
     out->n_forks_pending = q->n_forks_pending;
+    out->n_draft = q->verify_pending ? q->verify_pending : q->n_draft;
+    out->verify_pending = q->verify_pending > 0;
     out->priority = q->priority;
     out->user = q->user;
     return 0;
@@ -388,6 +398,8 @@ static void preempt(ql_sched_t *s, int32_t id) {
     int rc = ql_kv_seq_close(s->kv, q->kv);
     QL_ASSERT(rc == 0);
     q->kv = -1;
+    q->n_draft = 0;
+    q->verify_pending = 0;
     q->n_preemptions++;
     s->n_preemptions++;
     waiting_insert(s, id); /* NOTE(queue-room) */
@@ -396,7 +408,7 @@ static void preempt(ql_sched_t *s, int32_t id) {
 
 /* Adds sequence `id` to the step with `n` tokens starting at its KV's current end (already
  * appended). */
-static void add_item(ql_sched_t *s, int32_t id, int32_t pos, int32_t n) {
+static void add_item(ql_sched_t *s, int32_t id, int32_t pos, int32_t n, int32_t n_draft) {
     sseq_t *q = &s->seqs[id];
     ql_sched_step_t *st = &s->step;
     ql_batch_t *b = &st->batch;
@@ -411,16 +423,26 @@ static void add_item(ql_sched_t *s, int32_t id, int32_t pos, int32_t n) {
         s->b_seq_of_token[b->n_tokens + k] = i;
     }
     int32_t row = -1;
-    if (pos + n == q->n_tokens) {
+    if (n_draft > 0) { /* a verify: logits after the last known token and after each draft */
+        row = b->n_logits;
+        for (int32_t k = 0; k < n; k++) s->b_logits_rows[b->n_logits++] = b->n_tokens + k;
+    } else if (pos + n == q->n_tokens) {
         row = b->n_logits++;
         s->b_logits_rows[row] = b->n_tokens + n - 1;
     }
     b->n_tokens += n;
     b->n_seqs++;
-    s->items[i] = (ql_sched_item_t){.seq = id, .pos = pos, .n_tokens = n, .logits_row = row};
+    s->items[i] = (ql_sched_item_t){
+        .seq = id, .pos = pos, .n_tokens = n, .logits_row = row, .n_draft = n_draft};
     q->step_tokens = n;
-    if (n == 1 && pos >= q->n_prompt && pos == q->n_tokens - 1) st->n_decode_tokens += 1;
-    else st->n_prefill_tokens += n;
+    if (n_draft > 0) {
+        st->n_decode_tokens += 1;
+        st->n_draft_tokens += n_draft;
+    } else if (n == 1 && pos >= q->n_prompt && pos == q->n_tokens - 1) {
+        st->n_decode_tokens += 1;
+    } else {
+        st->n_prefill_tokens += n;
+    }
 }
 
 static void note_copy(ql_sched_t *s, const ql_kv_copy_t *c) {
@@ -435,12 +457,34 @@ static int32_t schedule_running(ql_sched_t *s, int32_t budget) {
     for (int32_t i = 0; i < s->n_running && budget > 0;) {
         int32_t id = s->running[i];
         sseq_t *q = &s->seqs[id];
+        if (q->verify_pending) { /* the engine did not commit: roll every draft back */
+            QL_LOG_WARN("sequence %d: verify not committed; drafts rolled back", (int)id);
+            int rc = ql_sched_spec_commit(s, id, 0);
+            QL_ASSERT(rc == 0);
+        }
         int32_t pos = ql_kv_seq_n_tokens(s->kv, q->kv);
         int32_t n = QL_MIN(q->n_tokens - pos, budget);
         if (n <= 0) { /* nothing to feed: a fork waiting for its first token */
             i++;
             continue;
         }
+        int32_t n_draft = 0;
+        if (q->n_draft > 0 && n == 1 && pos == q->n_tokens - 1) {
+            /* NOTE(draft-budget): one token kept for each running sequence behind this one;
+             * drafts use only the logits rows beyond one per seat (max_num_seqs); drafts that
+             * do not fit the free blocks are dropped rather than preempting anyone for them */
+            int32_t behind = s->n_running - i - 1;
+            int32_t rows_left =
+                s->max_logits_rows - s->lim.max_num_seqs - s->step.n_draft_tokens;
+            n_draft = QL_MIN(q->n_draft, QL_MIN(budget - 1 - behind, rows_left));
+            if (n_draft > 0) {
+                int32_t need = ql_kv_seq_blocks_needed(s->kv, q->kv, 1 + n_draft);
+                if (need < 0 || need > ql_kv_n_blocks_available(s->kv)) n_draft = 0;
+            }
+            n_draft = QL_MAX(n_draft, 0);
+            n += n_draft;
+        }
+        q->n_draft = 0;
         int self_preempted = 0;
         for (;;) {
             int32_t need = ql_kv_seq_blocks_needed(s->kv, q->kv, n);
@@ -461,7 +505,7 @@ static int32_t schedule_running(ql_sched_t *s, int32_t budget) {
             return QL_EINTERNAL;
         }
         note_copy(s, &copy);
-        add_item(s, id, pos, n);
+        add_item(s, id, pos, n, n_draft);
         budget -= n;
         i++;
     }
@@ -506,7 +550,7 @@ static int schedule_waiting(ql_sched_t *s, int32_t budget) {
         running_insert(s, id);
         s->n_slots_used += seats;
         s->admitted[s->step.n_admitted++] = id;
-        add_item(s, id, cached, n);
+        add_item(s, id, cached, n, 0);
         budget -= n;
     }
     return 0;
@@ -549,10 +593,56 @@ int ql_sched_step_done(ql_sched_t *s) {
         sseq_t *q = &s->seqs[it->seq];
         if (q->state != QL_SCHED_STATE_RUNNING || q->step_tokens == 0) continue;
         q->step_tokens = 0;
-        int rc = ql_kv_seq_set_computed(s->kv, q->kv, it->pos + it->n_tokens);
+        /* a verify: only the last known token's KV is final; the drafts' wait for the commit
+         * (NOTE(rollback) in ql_sched_spec_commit) */
+        int32_t done = it->n_draft > 0 ? it->pos + 1 : it->pos + it->n_tokens;
+        q->verify_pending = it->n_draft;
+        int rc = ql_kv_seq_set_computed(s->kv, q->kv, done);
         QL_ASSERT(rc == 0);
     }
     s->step_pending = 0;
+    return 0;
+}
+
+/* ---- speculative decoding ---- */
+
+int32_t ql_sched_set_draft(ql_sched_t *s, int32_t seq, const int32_t *tokens, int32_t n_draft) {
+    if (!seq_ok(s, seq) || s->seqs[seq].state != QL_SCHED_STATE_RUNNING || n_draft < 0 ||
+        (n_draft > 0 && !tokens))
+        return QL_EINVAL;
+    sseq_t *q = &s->seqs[seq];
+    if (s->step_pending || q->verify_pending || q->n_tokens <= q->n_prompt ||
+        ql_kv_seq_n_tokens(s->kv, q->kv) != q->n_tokens - 1 ||
+        ql_kv_seq_n_computed(s->kv, q->kv) != q->n_tokens - 1)
+        return QL_ESTATE;
+    /* accepting every draft and sampling one more token must stay within max_tokens (and so
+     * within the token buffer, which holds n_prompt + max_tokens) */
+    int32_t room = q->max_tokens - (q->n_tokens - q->n_prompt) - 1;
+    n_draft = QL_MIN(n_draft, QL_MAX(room, 0));
+    if (n_draft > 0) memcpy(q->tokens + q->n_tokens, tokens, (size_t)n_draft * sizeof(int32_t));
+    q->n_draft = n_draft;
+    return n_draft;
+}
+
+/* NOTE(rollback): the verify step appended the drafts' slots and wrote their KV, but step_done
+ * marked only the last known token computed. The commit truncates the block manager's sequence
+ * to the accepted length first (blocks holding only rejected positions go back to the free list,
+ * a shared tail block keeps its other owners) and only then marks the accepted positions
+ * computed: a rejected draft's block is never registered in the prefix cache, so the pool's
+ * counts, the table's length and the stored token ids are those of a sequence that decoded the
+ * accepted tokens one at a time. */
+int ql_sched_spec_commit(ql_sched_t *s, int32_t seq, int32_t n_accepted) {
+    if (!seq_ok(s, seq) || s->seqs[seq].state != QL_SCHED_STATE_RUNNING) return QL_EINVAL;
+    sseq_t *q = &s->seqs[seq];
+    if (s->step_pending || q->verify_pending <= 0) return QL_ESTATE;
+    if (n_accepted < 0 || n_accepted > q->verify_pending) return QL_EINVAL;
+    int32_t keep = q->n_tokens + n_accepted; /* tokens with KV */
+    int rc = ql_kv_seq_truncate(s->kv, q->kv, keep);
+    if (rc == 0) rc = ql_kv_seq_set_computed(s->kv, q->kv, keep);
+    if (rc != 0) return QL_EINTERNAL;
+    q->n_tokens = keep; /* the accepted drafts already sit there */
+    q->verify_pending = 0;
+    q->n_draft = 0;
     return 0;
 }
 

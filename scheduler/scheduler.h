@@ -64,6 +64,9 @@ typedef struct ql_sched_params_s {
                                    step). Default 512 */
     int32_t max_model_len;      /* tokens of one sequence, prompt + output, >= 2; <= the block
                                    manager's n_tokens_max. Required (default 0: invalid) */
+    int32_t max_logits_rows;    /* logits rows per step (one per sequence, plus one per drafted
+                                   token of a speculative verify); 0: max_num_seqs. Must be
+                                   >= max_num_seqs */
 } ql_sched_params_t;
 
 /* What ql_sched_add takes. */
@@ -93,6 +96,11 @@ typedef struct ql_sched_seq_info_s {
                                 (kept across preemptions, for usage); -1 before it */
     int32_t n_preemptions;   /* times this sequence was preempted */
     int32_t n_forks_pending; /* choices still to fork from it */
+    int32_t n_draft;         /* drafted tokens set for the next step (ql_sched_set_draft), or,
+                                between a verify step and ql_sched_spec_commit, the drafts the
+                                step fed; they follow the known tokens: tokens[n_tokens ..
+                                n_tokens + n_draft) */
+    int32_t verify_pending;  /* 1 between a verify step and ql_sched_spec_commit */
     int32_t priority;
     void *user;
 } ql_sched_seq_info_t;
@@ -102,8 +110,12 @@ typedef struct ql_sched_item_s {
     int32_t seq;        /* scheduler sequence id */
     int32_t pos;        /* first position fed: the tokens' KV computed before the step */
     int32_t n_tokens;   /* tokens fed, positions [pos, pos + n_tokens); 1 for a decode */
-    int32_t logits_row; /* row of the forward's logits for the last fed token, or -1 when the
-                           chunk stops short of the sequence's last known token */
+    int32_t logits_row; /* row of the forward's logits for the last known token, or -1 when the
+                           chunk stops short of it. In a verify (n_draft > 0) the last known
+                           token is the first fed, and rows logits_row + 1 .. logits_row +
+                           n_draft hold the logits after each drafted token */
+    int32_t n_draft;    /* drafted tokens fed after the last known token (speculative verify):
+                           n_tokens = 1 + n_draft; 0 otherwise */
 } ql_sched_item_t;
 
 /* One step as planned. Every array is owned by the scheduler and valid until the next
@@ -123,6 +135,7 @@ typedef struct ql_sched_step_s {
     int32_t n_preempted;
     int32_t n_prefill_tokens;    /* tokens of prompts and of recomputed outputs */
     int32_t n_decode_tokens;     /* items that fed just the token sampled last step */
+    int32_t n_draft_tokens;      /* drafted tokens fed by verify items */
 } ql_sched_step_t;
 
 /* Counts for metrics and tests. */
@@ -205,6 +218,36 @@ QL_API int ql_sched_fork(ql_sched_t *s, int32_t seq, void *user, int32_t *child_
  *  cached), drops its pending forks' reservation, frees its memory. The id may be reused.
  *  @return 0 or QL_EINVAL (no such sequence). */
 QL_API int ql_sched_remove(ql_sched_t *s, int32_t seq);
+
+/* ---- speculative decoding (scheduler/spec.h proposes and verifies) ----
+ *
+ * A running sequence in decode state (every known token but the last has its KV) may carry
+ * drafted tokens into the next step: ql_sched_set_draft stores them after its known tokens.
+ * ql_sched_schedule then feeds the last known token and the drafts as one chunk (a verify) and
+ * asks logits for every one of them, when the token budget, the logits rows and the free KV
+ * blocks allow; otherwise it drops the drafts (never preempts for them) and feeds one token.
+ * Drafts never take the budget the other running sequences need to decode: a sequence's drafts
+ * get at most what is left after one token for each running sequence behind it.
+ * After the step, the sequence waits for ql_sched_spec_commit(n_accepted): the accepted drafts
+ * become known tokens, the rejected positions are rolled back from the block manager before
+ * their KV is marked computed (they never enter the prefix cache) and the sequence is exactly
+ * as if it had decoded the accepted tokens one step at a time; the engine then pushes the
+ * token sampled after them (ql_sched_push_token) as usual. */
+
+/** Sets the drafted tokens (borrowed for the call) `seq` feeds in the next step, replacing any
+ *  earlier ones; n_draft = 0 clears them. The drafts are capped so that accepting all of them
+ *  plus one more token stays within max_tokens.
+ *  @return the number of drafts kept (>= 0); QL_EINVAL (not a running sequence, n_draft < 0,
+ *  tokens NULL with n_draft > 0); QL_ESTATE (a step or a verify is pending, or the sequence is
+ *  not in decode state: prefill left, or no token sampled yet). */
+QL_API int32_t ql_sched_set_draft(ql_sched_t *s, int32_t seq, const int32_t *tokens,
+                                  int32_t n_draft);
+
+/** Ends a verify: the first n_accepted drafts the step fed become known tokens (their KV is
+ *  computed), the rest are rolled back (ql_kv_seq_truncate, then set_computed).
+ *  @return 0; QL_EINVAL (not a running sequence, n_accepted outside [0, drafts fed]);
+ *  QL_ESTATE (no verify pending for it, or the step is not done). */
+QL_API int ql_sched_spec_commit(ql_sched_t *s, int32_t seq, int32_t n_accepted);
 
 /** Fills *out for a sequence. @return 0 or QL_EINVAL (no such sequence). */
 QL_API int ql_sched_seq_info(const ql_sched_t *s, int32_t seq, ql_sched_seq_info_t *out);
