@@ -1,0 +1,294 @@
+/*
+ * tests/unit/scheduler/test-spec-engine.c — speculative decoding through the engine thread and
+ * the real CPU backend.
+ *
+ * Greedy identity (default model, skipped when absent): at temperature 0 every request gives
+ * token for token, and logprob for logprob, the output it gives without speculation: batched,
+ * with chunked prefill, with k fixed and with k load-adapted, and in a pool too small for the
+ * batch (preemption and recompute in the middle of speculation). This holds because the CPU
+ * backend gives a position the same logits bits whether it is decoded alone or verified inside a
+ * chunk (NOTE(batch-invariance) in cpu/forward.c), so any difference is the speculative path's:
+ * a wrong accept, a wrong rollback, a stale draft in the KV. After every run the KV pool holds
+ * as many cached blocks as without speculation: no rejected draft reached the prefix cache.
+ *
+ * Distribution (mkmodel's tiny model, always): sampled outputs with n-gram speculation follow
+ * the target's distribution: the first two speculated tokens of many seeded requests against
+ * the exact distribution computed from the backend's logits with the same sampler settings
+ * (chi-square).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <pthread.h>
+
+#include <cmocka.h>
+
+#include "test-model.h"
+
+#include "backend/backend.h"
+#include "core/core.h"
+#include "cpu/cpu.h"
+#include "model/gguf.h"
+#include "model/mkmodel.h"
+#include "model/tokenizer.h"
+#include "scheduler/engine.h"
+#include "scheduler/sampling.h"
+
+#define MAX_OUT 40
+#define MAX_PROMPT 256
+#define MAX_REQ 64
+
+typedef struct out_s {
+    pthread_mutex_t *mu;
+    pthread_cond_t *cv;
+    int *n_final;
+    int32_t tokens[MAX_OUT];
+    float logprobs[MAX_OUT];
+    int32_t n_tokens;
+    int final_kind, status;
+    ql_engine_stats_t stats;
+} out_t;
+
+static void on_event(const ql_engine_event_t *ev, void *ud) {
+    out_t *o = ud;
+    pthread_mutex_lock(o->mu);
+    if (ev->kind == QL_ENGINE_EVENT_OUTPUT) {
+        for (int32_t i = 0; i < ev->n_tokens && o->n_tokens < MAX_OUT; i++) {
+            o->logprobs[o->n_tokens] = ev->logprobs ? ev->logprobs[i].logprob : 0.0f;
+            o->tokens[o->n_tokens++] = ev->tokens[i];
+        }
+    } else {
+        o->final_kind = ev->kind;
+        o->status = ev->status;
+        o->stats = ev->stats;
+        (*o->n_final)++;
+        pthread_cond_broadcast(o->cv);
+    }
+    pthread_mutex_unlock(o->mu);
+}
+
+typedef struct prompts_s {
+    int32_t ids[MAX_REQ][MAX_PROMPT];
+    int32_t n[MAX_REQ];
+    int n_req;
+} prompts_t;
+
+static ql_backend_t *open_backend(const ql_gguf_t *g, int32_t n_blocks, int32_t n_logits) {
+    ql_backend_params_t p;
+    memset(&p, 0, sizeof(p));
+    p.n_threads = 2;
+    p.block_size = 16;
+    p.n_batch_tokens_max = 256;
+    p.n_seqs_max = 8;
+    p.n_logits_max = n_logits;
+    p.n_ctx_max = 512;
+    ql_backend_t *be = NULL;
+    char err[256];
+    p.kv_cache_bytes = 1u << 20;
+    if (ql_cpu_backend_init(g, &p, &be, err, sizeof err) != 0) fail_msg("cpu backend: %s", err);
+    uint64_t bb = ql_backend_info(be)->kv_block_bytes;
+    ql_backend_free(be);
+    p.kv_cache_bytes = bb * (uint64_t)n_blocks;
+    if (ql_cpu_backend_init(g, &p, &be, err, sizeof err) != 0) fail_msg("cpu backend: %s", err);
+    assert_int_equal(ql_backend_info(be)->kv.n_blocks, n_blocks);
+    return be;
+}
+
+typedef struct runcfg_s {
+    int spec;          /* 0: no speculation; else ngram */
+    int fixed_k;
+    int32_t k;
+    int32_t budget;    /* max_batched_tokens */
+    int32_t max_seqs;
+    float temperature;
+    int32_t top_k;
+    int32_t max_tokens;
+    uint64_t seed0;    /* request i gets seed0 + i */
+    int logprobs;
+} runcfg_t;
+
+typedef struct totals_s {
+    ql_engine_counters_t counters;
+    int32_t n_preemptions, n_draft, n_accepted;
+} totals_t;
+
+/* Runs every prompt through one engine over `be`, all submitted at once. */
+static void run(ql_backend_t *be, const ql_tok_t *tok, const prompts_t *pr, const runcfg_t *c,
+                out_t *outs, totals_t *tot) {
+    ql_engine_params_t p;
+    memset(&p, 0, sizeof(p));
+    p.max_num_seqs = c->max_seqs;
+    p.max_batched_tokens = c->budget;
+    p.spec_method = c->spec ? QL_ENGINE_SPEC_NGRAM : QL_ENGINE_SPEC_NONE;
+    p.spec_k = c->k;
+    p.spec_fixed_k = c->fixed_k;
+    ql_engine_t *e = NULL;
+    char err[256];
+    if (ql_engine_init(&p, be, tok, &e, err, sizeof err) != 0) fail_msg("engine: %s", err);
+    pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
+    int n_final = 0;
+    for (int i = 0; i < pr->n_req; i++) {
+        memset(&outs[i], 0, sizeof(outs[i]));
+        outs[i].mu = &mu;
+        outs[i].cv = &cv;
+        outs[i].n_final = &n_final;
+        ql_engine_request_t r = ql_engine_request_default();
+        r.prompt = pr->ids[i];
+        r.n_prompt = pr->n[i];
+        r.sampling.temperature = c->temperature;
+        r.sampling.top_k = c->top_k;
+        r.sampling.seed = c->seed0 + (uint64_t)i;
+        r.sampling.logprobs = c->logprobs;
+        r.max_tokens = c->max_tokens;
+        r.ignore_eos = 1;
+        r.on_event = on_event;
+        r.user_data = &outs[i];
+        if (ql_engine_submit(e, &r, NULL, err, sizeof err) != 0) fail_msg("submit: %s", err);
+    }
+    pthread_mutex_lock(&mu);
+    while (n_final < pr->n_req) pthread_cond_wait(&cv, &mu);
+    pthread_mutex_unlock(&mu);
+    ql_engine_shutdown(e, 1);
+    memset(tot, 0, sizeof(*tot));
+    /* the counters once the thread is done */
+    for (;;) {
+        ql_engine_get_counters(e, &tot->counters);
+        if (tot->counters.stopped) break;
+        usleep(1000);
+    }
+    ql_engine_free(e);
+    for (int i = 0; i < pr->n_req; i++) {
+        if (outs[i].final_kind != QL_ENGINE_EVENT_FINISHED)
+            fail_msg("request %d ended with %s", i, ql_strerror(outs[i].status));
+        assert_int_equal(outs[i].n_tokens, c->max_tokens);
+        assert_int_equal(outs[i].stats.n_completion_tokens, c->max_tokens);
+        assert_true(outs[i].stats.n_accepted_tokens <= outs[i].stats.n_draft_tokens);
+        tot->n_preemptions += outs[i].stats.n_preemptions;
+        tot->n_draft += outs[i].stats.n_draft_tokens;
+        tot->n_accepted += outs[i].stats.n_accepted_tokens;
+    }
+    /* usage and /metrics agree */
+    assert_int_equal((int64_t)tot->counters.spec_draft_tokens, tot->n_draft);
+    assert_int_equal((int64_t)tot->counters.spec_accepted_tokens, tot->n_accepted);
+    if (!c->spec) assert_int_equal(tot->n_draft, 0);
+    assert_int_equal(tot->counters.kv_blocks_used, 0);
+    pthread_mutex_destroy(&mu);
+    pthread_cond_destroy(&cv);
+}
+
+static void assert_same(const prompts_t *pr, const out_t *a, const out_t *b, const char *what,
+                        int logprobs) {
+    for (int i = 0; i < pr->n_req; i++) {
+        if (memcmp(a[i].tokens, b[i].tokens, sizeof(a[i].tokens)) != 0) {
+            int k = 0;
+            while (k < MAX_OUT && a[i].tokens[k] == b[i].tokens[k]) k++;
+            fail_msg("%s: request %d differs from the run without speculation at token %d", what,
+                     i, k);
+        }
+        if (logprobs && memcmp(a[i].logprobs, b[i].logprobs, sizeof(a[i].logprobs)) != 0)
+            fail_msg("%s: request %d's logprobs differ", what, i);
+    }
+}
+
+static void encode_all(const ql_tok_t *tok, const char *const *texts, int n, prompts_t *pr) {
+    pr->n_req = n;
+    for (int i = 0; i < n; i++) {
+        size_t len;
+        assert_int_equal(ql_tok_encode(tok, texts[i], strlen(texts[i]), QL_TOK_ADD_SPECIAL,
+                                       pr->ids[i], MAX_PROMPT, &len),
+                         0);
+        pr->n[i] = (int32_t)len;
+    }
+}
+
+/* Rewrite tasks (the answer repeats the prompt: n-gram drafts hit) and open ones (they miss). */
+static const char *const k_texts[] = {
+    "Repeat the following sentence exactly.\nSentence: The quick brown fox jumps over the lazy "
+    "dog while the cat sleeps on the warm windowsill.\nRepeat: The quick brown fox",
+    "Fix the spelling: 'Paged atention splits the key value cache into blocks so that many "
+    "sequences share one pool of memory.'\nFixed: 'Paged attention splits the",
+    "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n\ndef mul(a, b):\n",
+    "Once upon a time",
+    "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,",
+    "The capital of France is",
+};
+#define N_TEXTS ((int)(sizeof(k_texts) / sizeof(k_texts[0])))
+
+static void test_greedy_identity(void **state) {
+    (void)state;
+    const char *path = ql_test_default_model();
+    if (access(path, R_OK) != 0) {
+        printf("skipped: %s is absent (the default model)\n", path);
+        skip();
+    }
+    char err[256];
+    ql_gguf_t *g = NULL;
+    if (ql_gguf_open(path, &g, err, sizeof err) != 0) fail_msg("gguf: %s", err);
+    ql_tok_t *tok = NULL;
+    if (ql_tok_init_from_gguf(g, &tok, err, sizeof err) != 0) fail_msg("tok: %s", err);
+    prompts_t pr;
+    encode_all(tok, k_texts, N_TEXTS, &pr);
+    static out_t ref[MAX_REQ], got[MAX_REQ];
+    totals_t t_ref, t;
+    runcfg_t c = {.k = 4, .budget = 256, .max_seqs = 8, .temperature = 0.0f,
+                  .max_tokens = MAX_OUT, .logprobs = 1};
+    ql_backend_t *big = open_backend(g, 128, 8 * 5);
+    run(big, tok, &pr, &c, ref, &t_ref);
+
+    c.spec = 1;
+    c.fixed_k = 1;
+    run(big, tok, &pr, &c, got, &t);
+    assert_same(&pr, ref, got, "ngram, k = 4 fixed", 1);
+    printf("    ngram k=4: %d drafted, %d accepted\n", t.n_draft, t.n_accepted);
+    assert_true(t.n_accepted > 0 && t.n_draft > t.n_accepted); /* accepts and rejects */
+    /* as many blocks cached as without speculation: no rejected draft was registered */
+    assert_int_equal(t.counters.kv_blocks_cached, t_ref.counters.kv_blocks_cached);
+    assert_true(t.counters.n_steps < t_ref.counters.n_steps);
+
+    c.k = 7;
+    c.budget = 24; /* prefill chunks beside verifies, and drafts cut by the budget */
+    run(big, tok, &pr, &c, got, &t);
+    assert_same(&pr, ref, got, "ngram, k = 7, 24-token steps", 1);
+    printf("    ngram k=7, 24-token steps: %d drafted, %d accepted\n", t.n_draft, t.n_accepted);
+
+    c.k = 4;
+    c.budget = 256;
+    c.fixed_k = 0;
+    c.logprobs = 0;
+    run(big, tok, &pr, &c, got, &t);
+    assert_same(&pr, ref, got, "ngram, adaptive k", 0);
+    printf("    ngram adaptive: %d drafted, %d accepted\n", t.n_draft, t.n_accepted);
+    ql_backend_free(big);
+
+    /* a pool that holds the longest request alone but not all of them: preemption */
+    int32_t longest = 0;
+    for (int i = 0; i < pr.n_req; i++) longest = QL_MAX(longest, pr.n[i]);
+    int32_t n_small = (longest + MAX_OUT + 8 + 15) / 16 + 1;
+    ql_backend_t *small = open_backend(g, n_small, 8 * 5);
+    c.fixed_k = 1;
+    c.logprobs = 1;
+    run(small, tok, &pr, &c, got, &t);
+    assert_same(&pr, ref, got, "ngram, preempted", 1);
+    printf("    ngram in a pool of %d blocks: %d preemptions, %d drafted, %d accepted\n",
+           (int)n_small, t.n_preemptions, t.n_draft, t.n_accepted);
+    assert_true(t.n_preemptions > 0);
+    assert_true(t.n_accepted > 0);
+    ql_backend_free(small);
+    ql_tok_free(tok);
+    ql_gguf_free(g);
+}
+
+int main(void) {
+    ql_log_set_level(QL_LOG_LEVEL_WARN);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_greedy_identity),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
