@@ -192,8 +192,8 @@ void ql__cpu_block_unpack(int type, const void *blk, int8_t w[QL_CPU_QK], float 
 
 #define QL__CPU_ATTN_GROUP_MAX 32 /* query heads per KV head, at most */
 #define QL__CPU_ATTN_HD_FAST 256  /* head_dim the SIMD attention handles (multiples of 8) */
-#define QL__CPU_ATTN_CHUNK 16     /* keys converted to f32 at a time by the SIMD attention */
-#define QL__CPU_ATTN_TILE 8       /* query tokens of one sequence sharing those conversions */
+#define QL__CPU_ATTN_TILE 8       /* query tokens of one sequence per attention call: they
+                                   * share the K/V rows while those are in L1 */
 
 /* NOTE(expf): e^x as a fixed sequence of IEEE operations, so the scalar code here and the
  * 8-lane version in cpu/kernels-x86.inc give the same bits (libm's expf differs between

@@ -422,6 +422,143 @@ static void test_attention_paged(void **state) {
     for (size_t i = 0; i < QL_ARRAY_LEN(cases); i++) check_attention(&cases[i], 100 + i);
 }
 
+/* The SIMD attention (NOTE(attn-simd) in cpu/kernels-x86.inc) against the plain reference
+ * (cpu/ops.c, the portable path) on random inputs over odd shapes: GQA ratios 1..32, head
+ * sizes on and off the SIMD path (multiples of 8 up to 256; others fall back), block sizes
+ * 1..64, contexts 1..1000 that end anywhere in a block, tiles of 1..8 consecutive query
+ * tokens. Bit-identical per token: every path performs the reference's float operations in
+ * its order. Every slot past the tile's last position and every scratch float starts as
+ * NaN, so reading one would show. */
+typedef struct attn_sweep_s {
+    int group, n_kv_head, head_dim, block_size, len, n_q;
+} attn_sweep_t;
+
+static void check_attention_simd(const attn_sweep_t *c, uint64_t seed) {
+    uint64_t rng = seed;
+    const int hd = c->head_dim, bs = c->block_size, n_head = c->group * c->n_kv_head;
+    const int n_used = (c->len + bs - 1) / bs;
+    ql_kv_layout_t kv = {.n_layer = 1,
+                         .n_kv_head = c->n_kv_head,
+                         .head_dim = hd,
+                         .block_size = bs,
+                         .n_blocks = n_used + 5};
+    const int64_t elems = ql_kv_layer_elems(&kv);
+    uint16_t *kp = malloc(sizeof(uint16_t) * elems), *vp = malloc(sizeof(uint16_t) * elems);
+    int32_t *table = malloc(sizeof(int32_t) * kv.n_blocks);
+    assert_non_null(kp);
+    assert_non_null(vp);
+    assert_non_null(table);
+    for (int64_t i = 0; i < elems; i++) kp[i] = vp[i] = 0x7e00; /* NaN */
+    for (int i = 0; i < kv.n_blocks; i++) table[i] = i;
+    for (int i = kv.n_blocks - 1; i > 0; i--) {
+        const int j = (int)(rng_next(&rng) % (uint64_t)(i + 1)), t = table[i];
+        table[i] = table[j];
+        table[j] = t;
+    }
+    for (int p = 0; p < c->len; p++)
+        for (int h = 0; h < c->n_kv_head; h++)
+            for (int i = 0; i < hd; i++) {
+                const int64_t off = ql_kv_offset(&kv, table[p / bs], h, p % bs) + i;
+                kp[off] = ql_fp32_to_fp16(rng_f(&rng, -1.0f, 1.0f));
+                vp[off] = ql_fp32_to_fp16(rng_f(&rng, -1.0f, 1.0f));
+            }
+    const int64_t qn = (int64_t)c->n_q * n_head * hd, stride = c->len + 3;
+    float *q = malloc(sizeof(float) * qn), *ref = malloc(sizeof(float) * qn),
+          *got = malloc(sizeof(float) * qn);
+    float *scratch = malloc(sizeof(float) * QL__CPU_ATTN_TILE * c->group * stride);
+    assert_non_null(q);
+    assert_non_null(ref);
+    assert_non_null(got);
+    assert_non_null(scratch);
+    /* wide queries: scores spread over several units, so the softmax is not flat */
+    for (int64_t i = 0; i < qn; i++) q[i] = rng_f(&rng, -3.0f, 3.0f);
+    const float scale = 1.0f / sqrtf((float)hd);
+    int32_t n_pos[QL__CPU_ATTN_TILE];
+    for (int u = 0; u < c->n_q; u++) n_pos[u] = c->len - c->n_q + 1 + u;
+    for (int h = 0; h < c->n_kv_head; h++)
+        for (int u = 0; u < c->n_q; u++) {
+            const int64_t off = ((int64_t)u * n_head + (int64_t)h * c->group) * hd;
+            for (int64_t i = 0; i < c->group * stride; i++) scratch[i] = NAN;
+            ql__cpu_attn_group(QL_CPU_ISA_PORTABLE, &kv, kp, vp, h, table, n_pos[u], q + off,
+                               ref + off, c->group, scale, scratch);
+            for (int i = 0; i < c->group * hd; i++) assert_false(isnan(ref[off + i]));
+        }
+    for (int isa = 0; isa < QL_CPU_ISA_COUNT; isa++) {
+        if (!ql_cpu_isa_supported((ql_cpu_isa_t)isa)) continue;
+        for (int64_t i = 0; i < qn; i++) got[i] = NAN;
+        for (int h = 0; h < c->n_kv_head; h++) {
+            const float *qs[QL__CPU_ATTN_TILE];
+            float *os[QL__CPU_ATTN_TILE];
+            for (int u = 0; u < c->n_q; u++) {
+                const int64_t off = ((int64_t)u * n_head + (int64_t)h * c->group) * hd;
+                qs[u] = q + off;
+                os[u] = got + off;
+            }
+            for (int64_t i = 0; i < QL__CPU_ATTN_TILE * c->group * stride; i++) scratch[i] = NAN;
+            ql__cpu_attn_tile((ql_cpu_isa_t)isa, &kv, kp, vp, h, table, c->n_q, n_pos, qs, os,
+                              c->group, scale, scratch, stride);
+        }
+        if (memcmp(got, ref, sizeof(float) * qn) != 0) {
+            for (int64_t i = 0; i < qn; i++)
+                if (memcmp(&got[i], &ref[i], sizeof(float)))
+                    fail_msg("%s: group %d, %d KV heads of %d, block %d, len %d, %d queries: "
+                             "element %lld is %.9g, the reference %.9g",
+                             ql_cpu_isa_name((ql_cpu_isa_t)isa), c->group, c->n_kv_head, hd, bs,
+                             c->len, c->n_q, (long long)i, got[i], ref[i]);
+        }
+    }
+    free(kp);
+    free(vp);
+    free(table);
+    free(q);
+    free(ref);
+    free(got);
+    free(scratch);
+}
+
+static void test_attention_simd(void **state) {
+    (void)state;
+    const attn_sweep_t fixed[] = {
+        /* SmolLM2-135M: decode, a full tile, a long context ending mid-block */
+        {3, 3, 64, 16, 1, 1},
+        {3, 3, 64, 16, 256, 1},
+        {3, 3, 64, 16, 1000, 8},
+        {3, 1, 64, 16, 999, 3},
+        /* one key per block; blocks longer than the context; the widest head */
+        {3, 2, 64, 1, 70, 8},
+        {4, 2, 32, 64, 33, 5},
+        {2, 1, 256, 7, 129, 2},
+        /* group sizes around the kernel's 3-head row groups, and the largest */
+        {1, 4, 64, 16, 100, 4},
+        {2, 2, 64, 16, 41, 1},
+        {4, 2, 64, 16, 64, 8},
+        {5, 1, 48, 16, 65, 7},
+        {7, 2, 64, 3, 200, 1},
+        {8, 1, 128, 16, 300, 2},
+        {32, 1, 64, 16, 120, 8},
+        /* head sizes the SIMD path does not take: the fallback is the reference */
+        {3, 1, 12, 5, 40, 3},
+        {2, 1, 264, 16, 20, 1},
+    };
+    for (size_t i = 0; i < QL_ARRAY_LEN(fixed); i++) check_attention_simd(&fixed[i], 500 + i);
+    /* and random shapes */
+    uint64_t rng = 77;
+    const int groups[] = {1, 2, 3, 4, 6, 8}, hds[] = {8, 16, 40, 64, 72, 128, 136};
+    const int bss[] = {1, 2, 3, 7, 16, 17, 32};
+    for (int i = 0; i < 40; i++) {
+        attn_sweep_t c = {
+            .group = groups[rng_next(&rng) % QL_ARRAY_LEN(groups)],
+            .n_kv_head = 1 + (int)(rng_next(&rng) % 3),
+            .head_dim = hds[rng_next(&rng) % QL_ARRAY_LEN(hds)],
+            .block_size = bss[rng_next(&rng) % QL_ARRAY_LEN(bss)],
+            .len = 1 + (int)(rng_next(&rng) % 1000),
+            .n_q = 1 + (int)(rng_next(&rng) % QL__CPU_ATTN_TILE),
+        };
+        if (c.n_q > c.len) c.n_q = c.len;
+        check_attention_simd(&c, 1000 + (uint64_t)i);
+    }
+}
+
 static void test_attention_errors(void **state) {
     (void)state;
     ql_kv_layout_t kv = {
@@ -465,6 +602,7 @@ int main(void) {
         cmocka_unit_test(test_softmax_swiglu),
         cmocka_unit_test(test_get_rows),
         cmocka_unit_test(test_attention_paged),
+        cmocka_unit_test(test_attention_simd),
         cmocka_unit_test(test_attention_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
