@@ -197,6 +197,9 @@ typedef struct ql_proto_request_s {
                             completions default to QL_PROTO_COMPLETIONS_MAX_TOKENS_DEFAULT */
     int32_t min_tokens;  /* >= 0, <= max_tokens when max_tokens is set. Default 0 */
     int ignore_eos;      /* default 0 */
+    int32_t spec_tokens; /* "num_speculative_tokens" (quill's extension): 0 = no speculative
+                            decoding for this request, 1..16 = at most this many drafts per step
+                            (never more than the server's); -1 (absent) = the server's */
     const ql_proto_text_t *stop; /* [n_stop], n_stop <= QL_PROTO_STOP_MAX */
     int32_t n_stop;
 
@@ -271,6 +274,9 @@ typedef struct ql_proto_usage_s {
     int64_t prompt_tokens;
     int64_t completion_tokens; /* total_tokens is their sum */
     int64_t cached_tokens;     /* prompt tokens served from the prefix cache */
+    int has_spec;              /* 1: write completion_tokens_details with the two below */
+    int64_t spec_accepted_tokens; /* drafted tokens accepted (OpenAI's accepted_prediction_tokens) */
+    int64_t spec_rejected_tokens; /* drafted tokens rejected (rejected_prediction_tokens) */
 } ql_proto_usage_t;
 
 /* One alternative at one position. */

@@ -617,6 +617,8 @@ static int parse_generation(pctx_t *c, const json_t *root) {
         return QL_EINVAL;
     }
     TRY(get_bool(c, root, "ignore_eos", "ignore_eos", &r->ignore_eos));
+    TRY(get_int32(c, root, "num_speculative_tokens", 0, 16, "an integer in [0, 16]",
+                  &r->spec_tokens));
     TRY(parse_stop(c, root));
 
     TRY(get_float(c, root, "temperature", 0, 2, 0, "a number in [0, 2]", &r->temperature));
@@ -701,6 +703,7 @@ static void defaults(ql_proto_endpoint_t ep, ql_proto_request_t *r) {
     r->top_p = 1.0f;
     r->repetition_penalty = 1.0f;
     r->n = 1;
+    r->spec_tokens = -1;
     r->add_special_tokens = 1;
     r->add_generation_prompt = 1;
 }

@@ -65,6 +65,19 @@ static json_t *usage_obj(const ql_proto_usage_t *u) {
         d = NULL;
         goto fail;
     }
+    d = NULL;
+    /* NOTE(spec-usage): speculative decoding's drafts in OpenAI's names for predicted outputs,
+     * which count the same thing (proposed tokens the model accepted or not) */
+    if (u->has_spec) {
+        json_t *cd = json_object();
+        if (!cd || ql__proto_set(cd, "accepted_prediction_tokens",
+                                 json_integer(u->spec_accepted_tokens)) ||
+            ql__proto_set(cd, "rejected_prediction_tokens", json_integer(u->spec_rejected_tokens))) {
+            json_decref(cd);
+            goto fail;
+        }
+        if (ql__proto_set(o, "completion_tokens_details", cd)) goto fail;
+    }
     return o;
 fail:
     json_decref(d);

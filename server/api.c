@@ -534,6 +534,8 @@ static void submit(ql_req_t *r) {
         er.max_tokens = pr->max_tokens > 0 ? pr->max_tokens : 0;
         er.min_tokens = pr->min_tokens;
         er.ignore_eos = pr->ignore_eos;
+        /* the body's -1 (absent) = the server's setting, 0 = none: the engine's 0 and -1 */
+        er.spec_tokens = pr->spec_tokens < 0 ? 0 : pr->spec_tokens == 0 ? -1 : pr->spec_tokens;
         er.stop = r->stops;
         er.n_stop = pr->n_stop;
         er.on_event = on_engine_event;
@@ -922,6 +924,9 @@ static void read_final(ql_req_t *r, ql_sub_t *sb) {
     r->usage.prompt_tokens += st->n_prompt_tokens;
     r->usage.completion_tokens += st->n_completion_tokens;
     r->usage.cached_tokens += st->n_cached_prompt_tokens;
+    r->usage.has_spec = s->lim.spec_k > 0 && r->pr.spec_tokens != 0;
+    r->usage.spec_accepted_tokens += st->n_accepted_tokens;
+    r->usage.spec_rejected_tokens += st->n_draft_tokens - st->n_accepted_tokens;
     if (st->t_first_token_ns && st->t_first_token_ns > r->t_arrival_ns)
         ql__hist_observe(&s->metrics.ttft, (double)(st->t_first_token_ns - r->t_arrival_ns) * 1e-9);
     if (st->t_scheduled_ns && st->t_scheduled_ns > st->t_submit_ns)

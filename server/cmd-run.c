@@ -200,6 +200,10 @@ int ql_cmd_run(const ql_config_t *cfg) {
         .max_batched_tokens = 0, /* the backend's batch */
         .max_model_len = cfg->max_model_len,
         .disable_prefix_cache = 1, /* one request: nothing to share */
+        .spec_method = cfg->spec_method, /* ql_spec_method_t and ql_engine_spec_t agree */
+        .spec_k = cfg->num_speculative_tokens,
+        .spec_ngram_max = cfg->spec_ngram_max,
+        .spec_layers = cfg->spec_layers,
     };
     rc = ql_engine_init(&ep, m.backend, m.tok, &eng, err, sizeof err);
     if (rc != 0) {
@@ -277,8 +281,13 @@ int ql_cmd_run(const ql_config_t *cfg) {
     char seed_note[48] = "";
     if (cfg->seed < 0 && cfg->temperature > 0)
         snprintf(seed_note, sizeof seed_note, ", seed %llu", (unsigned long long)seed);
-    fprintf(stderr, "quill " CMD ": prompt %d tokens, %s; generated %d tokens, %s (%s%s)\n",
-            (int)s->n_prompt_tokens, pr, (int)s->n_completion_tokens, gr, why, seed_note);
+    char spec_note[96] = "";
+    if (lim.spec_k > 0)
+        snprintf(spec_note, sizeof spec_note, "; speculative: %d drafted, %d accepted",
+                 (int)s->n_draft_tokens, (int)s->n_accepted_tokens);
+    fprintf(stderr, "quill " CMD ": prompt %d tokens, %s; generated %d tokens, %s (%s%s)%s\n",
+            (int)s->n_prompt_tokens, pr, (int)s->n_completion_tokens, gr, why, seed_note,
+            spec_note);
     code = QL_EXIT_OK;
 
 done:

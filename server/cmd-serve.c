@@ -51,6 +51,10 @@ static void load_done(uv_work_t *w, int status) {
     ep.max_model_len = cfg->max_model_len;
     ep.disable_prefix_cache = cfg->no_prefix_cache;
     ep.prefix_hash_seed = s->id_rng ^ 0x9e3779b97f4a7c15ull;
+    ep.spec_method = cfg->spec_method; /* ql_spec_method_t and ql_engine_spec_t agree */
+    ep.spec_k = cfg->num_speculative_tokens;
+    ep.spec_ngram_max = cfg->spec_ngram_max;
+    ep.spec_layers = cfg->spec_layers;
     char err[512] = "";
     int rc = ql_engine_init(&ep, s->model.backend, s->model.tok, &s->engine, err, sizeof err);
     if (rc != 0) {

@@ -68,6 +68,15 @@ static char *base_name(const char *path) {
     return ql_xstrndup(b, n);
 }
 
+/* Logits rows per step: one per sequence, and with speculative decoding one more per drafted
+ * token (at most --num-speculative-tokens per sequence), within the step's token budget. */
+static int32_t spec_rows(const ql_config_t *cfg, int32_t n_seqs_max) {
+    if (cfg->spec_method == QL_SPEC_METHOD_NONE) return n_seqs_max;
+    int64_t rows = (int64_t)n_seqs_max * (1 + cfg->num_speculative_tokens);
+    if (cfg->max_batched_tokens > 0) rows = QL_MIN(rows, (int64_t)cfg->max_batched_tokens);
+    return (int32_t)QL_MAX(rows, (int64_t)n_seqs_max);
+}
+
 /* The backends this binary can build, in order of preference. */
 static void load_registry(ql_backend_reg_t *reg) {
     memset(reg, 0, sizeof(*reg));
@@ -153,7 +162,8 @@ int ql__load_model(const ql_config_t *cfg, int32_t n_seqs_max, ql_loaded_t *m, c
         .block_size = cfg->block_size,
         .n_batch_tokens_max = cfg->max_batched_tokens,
         .n_seqs_max = n_seqs_max,
-        .n_logits_max = n_seqs_max, /* one row per running sequence and step */
+        /* one row per running sequence and step, plus one per drafted token when speculating */
+        .n_logits_max = spec_rows(cfg, n_seqs_max),
         .n_ctx_max = cfg->max_model_len,
     };
     ql_backend_t *be = NULL;

@@ -8,7 +8,10 @@
  * quill:prefix_cache_hits_total (tokens), quill:request_success_total{finished_reason}, and the
  * histograms quill:time_to_first_token_seconds, quill:inter_token_latency_seconds,
  * quill:e2e_request_latency_seconds, quill:request_queue_time_seconds,
- * quill:request_prompt_tokens, quill:request_generation_tokens (vLLM's buckets). Every sample
+ * quill:request_prompt_tokens, quill:request_generation_tokens (vLLM's buckets), the speculative
+ * decoding counters quill:spec_decode_num_drafts_total, _num_draft_tokens_total,
+ * _num_accepted_tokens_total (vLLM's) with two gauges derived from them (acceptance rate, mean
+ * accepted length per verify). Every sample
  * carries model_name="<served model>". quill's own (quill:http_*, quill:kv_cache_blocks_*,
  * quill:engine_*) have no vLLM counterpart.
  *
@@ -150,6 +153,20 @@ int ql__metrics_write(ql_srv_t *s, ql_proto_buf_t *out) {
     counter(&w, "quill:prompt_tokens", "Prompt tokens processed.", k.n_prompt_tokens);
     counter(&w, "quill:generation_tokens", "Tokens generated.", k.n_generation_tokens);
     counter(&w, "quill:engine_steps", "Engine steps (forward passes).", k.n_steps);
+    /* speculative decoding: vLLM's spec_decode_* counters, and the two ratios they give */
+    counter(&w, "quill:spec_decode_num_drafts", "Speculative verifies (a sequence's drafts in a step).",
+            k.spec_num_drafts);
+    counter(&w, "quill:spec_decode_num_draft_tokens", "Speculative tokens drafted and verified.",
+            k.spec_draft_tokens);
+    counter(&w, "quill:spec_decode_num_accepted_tokens", "Drafted tokens accepted.",
+            k.spec_accepted_tokens);
+    gauge(&w, "quill:spec_decode_acceptance_rate",
+          "Accepted / drafted tokens since start (0 before any draft).",
+          k.spec_draft_tokens ? (double)k.spec_accepted_tokens / (double)k.spec_draft_tokens : 0.0);
+    gauge(&w, "quill:spec_decode_mean_accepted_length",
+          "Tokens emitted per verify since start: 1 + accepted / verifies (0 before any).",
+          k.spec_num_drafts ? 1.0 + (double)k.spec_accepted_tokens / (double)k.spec_num_drafts
+                            : 0.0);
 
     head(&w, "quill:request_success", "counter", "Choices that finished, by finish reason.");
     put(&w, "quill:request_success_total{finished_reason=\"stop\",model_name=\"%s\"} %llu\n", model,

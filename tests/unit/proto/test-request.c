@@ -175,6 +175,12 @@ static const bad_t k_bad[] = {
     /* booleans, strings, stream */
     {C, "{\"prompt\":\"x\",\"echo\":\"yes\"}", 400, "echo", "a boolean (true or false), got a string"},
     {C, "{\"prompt\":\"x\",\"ignore_eos\":1}", 400, "ignore_eos", "got an integer"},
+    {C, "{\"prompt\":\"x\",\"num_speculative_tokens\":17}", 400, "num_speculative_tokens",
+     "an integer in [0, 16], got 17"},
+    {C, "{\"prompt\":\"x\",\"num_speculative_tokens\":-1}", 400, "num_speculative_tokens",
+     "an integer in [0, 16]"},
+    {C, "{\"prompt\":\"x\",\"num_speculative_tokens\":2.5}", 400, "num_speculative_tokens",
+     "an integer in [0, 16]"},
     {C, "{\"prompt\":\"x\",\"stream\":\"true\"}", 400, "stream", "got a string"},
     {C, "{\"prompt\":\"x\",\"stream_options\":{\"include_usage\":true}}", 400, "stream_options",
      "only allowed when stream is true"},
@@ -306,6 +312,7 @@ static void test_completions_defaults(void **state) {
     assert_int_equal(r->include_usage, 0);
     assert_int_equal(r->echo, 0);
     assert_int_equal(r->ignore_eos, 0);
+    assert_int_equal(r->spec_tokens, -1); /* absent: the server's setting */
     assert_null(r->user);
     assert_int_equal(r->n_messages, 0);
 }
@@ -319,10 +326,11 @@ static void test_completions_all_fields(void **state) {
              "\"seed\":-42,\"stop\":[\"\\n\\n\",\"END\"],\"n\":4,\"best_of\":4,\"logprobs\":5,"
              "\"logit_bias\":{\"50\":-100,\"7\":2.5,\"0\":100},\"stream\":true,"
              "\"stream_options\":{\"include_usage\":true},\"user\":\"u-1\",\"echo\":true,"
-             "\"ignore_eos\":true,\"suffix\":\"\"}");
+             "\"ignore_eos\":true,\"suffix\":\"\",\"num_speculative_tokens\":3}");
     const ql_proto_request_t *r = &f->r;
     assert_int_equal(r->max_tokens, 32);
     assert_int_equal(r->min_tokens, 2);
+    assert_int_equal(r->spec_tokens, 3);
     assert_true(r->temperature == 0.7f);
     assert_true(r->top_p == 0.9f);
     assert_int_equal(r->top_k, 40);

@@ -95,6 +95,27 @@ static void test_completion_object(void **state) {
     ql_proto_buf_free(&b);
 }
 
+/* speculative decoding's counts, in OpenAI's predicted-output names */
+static void test_usage_spec(void **state) {
+    (void)state;
+    ql_proto_choice_t ch = {.index = 0, .text = "Hi", .text_len = 2,
+                            .finish_reason = QL_PROTO_FINISH_STOP};
+    ql_proto_usage_t u = {.prompt_tokens = 5, .completion_tokens = 7, .cached_tokens = 0,
+                          .has_spec = 1, .spec_accepted_tokens = 4, .spec_rejected_tokens = 9};
+    ql_proto_response_t r = {.id = "cmpl-s", .created = 1700000000, .model = "m",
+                             .choices = &ch, .n_choices = 1, .usage = &u};
+    ql_proto_buf_t b = {0};
+    assert_int_equal(ql_proto_response_json(C, &r, &b), 0);
+    assert_json_eq(b.data,
+                   "{\"id\":\"cmpl-s\",\"object\":\"text_completion\",\"created\":1700000000,"
+                   "\"model\":\"m\",\"choices\":[{\"text\":\"Hi\",\"index\":0,\"logprobs\":null,"
+                   "\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":5,"
+                   "\"completion_tokens\":7,\"total_tokens\":12,\"prompt_tokens_details\":"
+                   "{\"cached_tokens\":0},\"completion_tokens_details\":"
+                   "{\"accepted_prediction_tokens\":4,\"rejected_prediction_tokens\":9}}}");
+    ql_proto_buf_free(&b);
+}
+
 static void test_chat_object(void **state) {
     (void)state;
     ql_proto_choice_t ch = {.index = 0, .text = "Hi there", .text_len = 8,
@@ -693,6 +714,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_completion_object),
         cmocka_unit_test(test_chat_object),
+        cmocka_unit_test(test_usage_spec),
         cmocka_unit_test(test_chat_logprobs),
         cmocka_unit_test(test_completion_logprobs),
         cmocka_unit_test(test_logprob_format),
