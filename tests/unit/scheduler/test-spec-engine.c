@@ -22,6 +22,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -285,10 +286,200 @@ static void test_greedy_identity(void **state) {
     ql_gguf_free(g);
 }
 
+/* ---- sampled outputs follow the target's distribution ---- */
+
+#define D_VOCAB 259 /* mkmodel's smallest: 3 control tokens and 256 bytes */
+#define D_PROMPT 129
+#define D_N 6000    /* seeded requests */
+
+/* The processed distribution after `toks` [n], computed straight from the backend (one full
+ * forward of the sequence into blocks 0..). */
+static void exact_probs(ql_backend_t *be, ql_sampler_t *s, ql_sampler_ws_t *ws,
+                        const int32_t *toks, int32_t n, int32_t n_prompt, float *probs) {
+    static int32_t pos[600], seq[600], table[64];
+    static float logits[D_VOCAB];
+    const int32_t bs = ql_backend_info(be)->kv.block_size;
+    for (int32_t i = 0; i < n; i++) {
+        pos[i] = i;
+        seq[i] = 0;
+    }
+    int32_t nb = (n + bs - 1) / bs;
+    for (int32_t i = 0; i < nb; i++) table[i] = i;
+    const int32_t *tables[1] = {table};
+    int32_t row = n - 1;
+    ql_batch_t b = {.n_tokens = n, .tokens = toks, .pos = pos, .seq_of_token = seq, .n_seqs = 1,
+                    .block_tables = tables, .n_blocks = &nb, .seq_len = &n, .logits_rows = &row,
+                    .n_logits = 1};
+    assert_int_equal(ql_backend_forward(be, &b, logits), 0);
+    ql_sampling_history_t h = {.tokens = toks, .n_tokens = n, .n_prompt = n_prompt};
+    assert_int_equal(ql_sampler_probs(s, ws, logits, &h, probs), 0);
+}
+
+/* the 0.999 quantile of chi-square with `dof` degrees of freedom (Wilson-Hilferty) */
+static double chi2_q999(int dof) {
+    const double z = 3.0902, k = dof, a = 2.0 / (9.0 * k);
+    const double c = 1.0 - a + z * sqrt(a);
+    return k * c * c * c;
+}
+
+static void test_distribution(void **state) {
+    (void)state;
+    char err[256], path[] = "/tmp/quill-test-spec-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    ql_mkmodel_params_t mp;
+    memset(&mp, 0, sizeof(mp));
+    assert_int_equal(ql_mkmodel_shape_get("tiny", &mp.shape), 0);
+    mp.shape.n_vocab = D_VOCAB;
+    mp.seed = 11;
+    mp.wtype = QL_DTYPE_F32;
+    ql_mkmodel_t *m = NULL;
+    if (ql_mkmodel_init(&mp, &m, err, sizeof err) != 0) fail_msg("mkmodel: %s", err);
+    if (ql_mkmodel_write(m, path, err, sizeof err) != 0) fail_msg("mkmodel: %s", err);
+    ql_mkmodel_free(m);
+    ql_gguf_t *g = NULL;
+    if (ql_gguf_open(path, &g, err, sizeof err) != 0) fail_msg("gguf: %s", err);
+    ql_tok_t *tok = NULL;
+    if (ql_tok_init_from_gguf(g, &tok, err, sizeof err) != 0) fail_msg("tok: %s", err);
+
+    /* the prompt: <|im_start|> then pairs (v, v): an n-gram of one token proposes the token
+     * that followed it, so drafts are proposed after most first tokens */
+    int32_t prompt[D_PROMPT];
+    prompt[0] = 1;
+    for (int i = 0; i < (D_PROMPT - 1) / 2; i++) prompt[1 + 2 * i] = prompt[2 + 2 * i] = 3 + i;
+    /* sampling: temperature, top-k and a frequency penalty shape p (and the one-hot q) */
+    ql_sampling_params_t sp = ql_sampling_params_default();
+    sp.temperature = 0.9f;
+    sp.top_k = 4;
+    sp.frequency_penalty = 0.3f;
+
+    /* the exact joint distribution of the first three tokens */
+    ql_backend_params_t bp;
+    memset(&bp, 0, sizeof(bp));
+    bp.n_threads = 2;
+    bp.block_size = 16;
+    bp.n_batch_tokens_max = 512;
+    bp.n_seqs_max = 64;
+    bp.n_logits_max = 64 * 3;
+    bp.n_ctx_max = 512;
+    bp.kv_cache_bytes = 16u << 20;
+    ql_backend_t *be = NULL;
+    if (ql_cpu_backend_init(g, &bp, &be, err, sizeof err) != 0) fail_msg("cpu: %s", err);
+    ql_sampler_ws_t *ws = NULL;
+    assert_int_equal(ql_sampler_ws_init(D_VOCAB, &ws), 0);
+    ql_sampler_t smp;
+    assert_int_equal(ql_sampler_init(&smp, &sp, D_VOCAB), 0);
+    static float p1[D_VOCAB], p2[D_VOCAB], p3[D_VOCAB];
+    static double joint[D_VOCAB * 4 * 4]; /* indexed by (t1, rank of t2, rank of t3) */
+    static int32_t top2[D_VOCAB][4], top3[D_VOCAB][4][4];
+    int32_t seqbuf[D_PROMPT + 3];
+    memcpy(seqbuf, prompt, sizeof(prompt));
+    exact_probs(be, &smp, ws, seqbuf, D_PROMPT, D_PROMPT, p1);
+    int n_cells = 0;
+    for (int32_t t1 = 0; t1 < D_VOCAB; t1++) {
+        if (p1[t1] <= 0.0f) continue;
+        seqbuf[D_PROMPT] = t1;
+        exact_probs(be, &smp, ws, seqbuf, D_PROMPT + 1, D_PROMPT, p2);
+        int r2 = 0;
+        for (int32_t t2 = 0; t2 < D_VOCAB; t2++) {
+            if (p2[t2] <= 0.0f) continue;
+            assert_true(r2 < 4);
+            top2[t1][r2] = t2;
+            seqbuf[D_PROMPT + 1] = t2;
+            exact_probs(be, &smp, ws, seqbuf, D_PROMPT + 2, D_PROMPT, p3);
+            int r3 = 0;
+            for (int32_t t3 = 0; t3 < D_VOCAB; t3++) {
+                if (p3[t3] <= 0.0f) continue;
+                assert_true(r3 < 4);
+                top3[t1][r2][r3] = t3;
+                joint[(t1 * 4 + r2) * 4 + r3] = (double)p1[t1] * p2[t2] * p3[t3];
+                r3++;
+                n_cells++;
+            }
+            r2++;
+        }
+    }
+    ql_sampler_ws_free(ws);
+
+    /* D_N seeded requests with n-gram speculation (one draft fits: max_tokens 3) */
+    static out_t outs[D_N];
+    ql_engine_params_t ep;
+    memset(&ep, 0, sizeof(ep));
+    ep.max_num_seqs = 64;
+    ep.max_batched_tokens = 512;
+    ep.spec_method = QL_ENGINE_SPEC_NGRAM;
+    ep.spec_k = 2;
+    ep.spec_ngram_max = 1;
+    ep.spec_fixed_k = 1;
+    ql_engine_t *e = NULL;
+    if (ql_engine_init(&ep, be, tok, &e, err, sizeof err) != 0) fail_msg("engine: %s", err);
+    pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
+    int n_final = 0;
+    for (int i = 0; i < D_N; i++) {
+        out_t *o = &outs[i];
+        memset(o, 0, sizeof(*o));
+        o->mu = &mu;
+        o->cv = &cv;
+        o->n_final = &n_final;
+        ql_engine_request_t r = ql_engine_request_default();
+        r.prompt = prompt;
+        r.n_prompt = D_PROMPT;
+        r.sampling = sp;
+        r.sampling.seed = 1000 + (uint64_t)i;
+        r.max_tokens = 3;
+        r.ignore_eos = 1;
+        r.on_event = on_event;
+        r.user_data = o;
+        if (ql_engine_submit(e, &r, NULL, err, sizeof err) != 0) fail_msg("submit: %s", err);
+    }
+    pthread_mutex_lock(&mu);
+    while (n_final < D_N) pthread_cond_wait(&cv, &mu);
+    pthread_mutex_unlock(&mu);
+    ql_engine_free(e);
+    ql_backend_free(be);
+
+    static int counts[D_VOCAB * 4 * 4];
+    int drafted = 0, accepted = 0;
+    for (int i = 0; i < D_N; i++) {
+        const out_t *o = &outs[i];
+        assert_int_equal(o->final_kind, QL_ENGINE_EVENT_FINISHED);
+        assert_int_equal(o->n_tokens, 3);
+        drafted += o->stats.n_draft_tokens;
+        accepted += o->stats.n_accepted_tokens;
+        int32_t t1 = o->tokens[0], r2 = -1, r3 = -1;
+        if (p1[t1] <= 0.0f) fail_msg("request %d: first token %d has p = 0", i, (int)t1);
+        for (int k = 0; k < 4; k++)
+            if (top2[t1][k] == o->tokens[1]) r2 = k;
+        if (r2 < 0) fail_msg("request %d: second token %d has p = 0", i, (int)o->tokens[1]);
+        for (int k = 0; k < 4; k++)
+            if (top3[t1][r2][k] == o->tokens[2]) r3 = k;
+        if (r3 < 0) fail_msg("request %d: third token %d has p = 0", i, (int)o->tokens[2]);
+        counts[(t1 * 4 + r2) * 4 + r3]++;
+    }
+    double x = 0.0;
+    for (int c = 0; c < D_VOCAB * 16; c++) {
+        if (joint[c] <= 0.0) continue;
+        double ex = joint[c] * D_N;
+        x += (counts[c] - ex) * (counts[c] - ex) / ex;
+    }
+    printf("    %d cells, chi2 %.1f (0.999 quantile %.1f); %d drafted, %d accepted\n", n_cells, x,
+           chi2_q999(n_cells - 1), drafted, accepted);
+    assert_true(x < chi2_q999(n_cells - 1));
+    assert_true(accepted >= 200 && drafted - accepted >= 200); /* both paths, often */
+    pthread_mutex_destroy(&mu);
+    pthread_cond_destroy(&cv);
+    ql_tok_free(tok);
+    ql_gguf_free(g);
+    unlink(path);
+}
+
 int main(void) {
     ql_log_set_level(QL_LOG_LEVEL_WARN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_greedy_identity),
+        cmocka_unit_test(test_distribution),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
