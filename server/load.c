@@ -80,9 +80,11 @@ static int32_t spec_rows(const ql_config_t *cfg, int32_t n_seqs_max) {
 /* The backends this binary can build, in order of preference. */
 static void load_registry(ql_backend_reg_t *reg) {
     memset(reg, 0, sizeof(*reg));
-    /* NOTE(registry): the CPU backend is the only one built today; the CUDA backend registers
-     * here, ahead of it, when it lands (auto then prefers it where a device exists). */
-    int rc = ql_backend_reg_add(reg, &ql_cpu_backend_desc);
+    /* NOTE(registry): CUDA first, so `--backend auto` prefers it where a device exists; its
+     * available() is 0 without one (and always in a build without nvcc: cuda/device-stub.c). */
+    int rc = ql_backend_reg_add(reg, &ql_cuda_backend_desc);
+    QL_ASSERT(rc == 0);
+    rc = ql_backend_reg_add(reg, &ql_cpu_backend_desc);
     QL_ASSERT(rc == 0);
 }
 
