@@ -44,6 +44,12 @@ if [ "${QL_LLAMA_NATIVE:-0}" != 1 ] && grep -qw amx_tile /proc/cpuinfo 2>/dev/nu
         -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
     BUILD="$DIR/build-$VER-noamx"
 fi
+# Built once: the sources never change, and llama.cpp's build step would try (and, offline,
+# fail harmlessly) to download its web UI each time. QL_LLAMA_REBUILD=1 runs the build anyway.
+if [ "${QL_LLAMA_REBUILD:-0}" != 1 ] && [ -x "$BUILD/bin/$TARGET" ]; then
+    echo "$BUILD/bin/$TARGET"
+    exit 0
+fi
 if [ ! -f "$BUILD/CMakeCache.txt" ] || ! grep -q '^LLAMA_BUILD_SERVER:BOOL=ON' "$BUILD/CMakeCache.txt"; then
     # shellcheck disable=SC2086
     cmake -S "$SRC" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
