@@ -5,8 +5,8 @@
  * NOTE(rope-theta): the angle of pair i at position p is formed as the reference forms it,
  * θ = p · s^i by i repeated f32 multiplications with s = powf(base, −2/n_rot) computed on
  * the host (the same powf), then freq_scale · (θ / ff). So the angles are bit-identical;
- * only cosf/sinf (CUDA: 2 ulp over the full range, with a slow path for large arguments)
- * and FMA contraction of the rotation differ from the host.
+ * only cosf/sinf differ from the host's (CUDA: 2 ulp over the full range, with a slow path
+ * for large arguments); the rotation is rounded as the reference rounds it (no FMA).
  */
 #include "cuda/k-common.cuh"
 
@@ -43,8 +43,9 @@ static __global__ void rope_kernel(float *__restrict__ q, int64_t ldq, int n_hea
             b = xh + 2 * i + 1;
         }
         const float x0 = *a, x1 = *b;
-        *a = x0 * c - x1 * s;
-        *b = x0 * s + x1 * c;
+        /* _rn: no FMA contraction, the reference's roundings */
+        *a = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
+        *b = __fadd_rn(__fmul_rn(x0, s), __fmul_rn(x1, c));
     }
 }
 

@@ -182,7 +182,9 @@ static __global__ void __launch_bounds__(SAMPLE_THREADS)
         if (seen) {
             if (P.repetition_penalty != 1.0f)
                 x = x > 0.0f ? x / P.repetition_penalty : x * P.repetition_penalty;
-            if (c > 0) x -= (float)c * P.frequency_penalty + P.presence_penalty;
+            /* _rn: no FMA contraction, so the same roundings as the host's expression */
+            if (c > 0)
+                x -= __fadd_rn(__fmul_rn((float)c, P.frequency_penalty), P.presence_penalty);
             x = x == -INFINITY ? x : clamp_finite(x);
         }
         /* step 3: bias; -inf bans, and -inf is never revived */

@@ -394,9 +394,9 @@ static void test_rope(void **state) {
                                       d_pos, rc->n_tok, NULL),
                          0);
         dev_get(got, d_row, (size_t)n * 4);
-        /* the angles are bit-identical (NOTE(rope-theta) in cuda/k-rope.cu); sincosf is
-         * within 2 ulp of the host's, and the rotation may fuse into an FMA: a few 1e-7
-         * on values of size 2 */
+        /* the angles are bit-identical and the rotation rounded alike (NOTE(rope-theta) in
+         * cuda/k-rope.cu); sincosf is within 2 ulp of the host's cosf/sinf: a few 1e-7 on
+         * values of size 2 */
         float *gq = xmalloc_test((size_t)rc->n_tok * qd * 4), *gk = xmalloc_test((size_t)rc->n_tok * kd * 4);
         for (int t = 0; t < rc->n_tok; t++) {
             memcpy(gq + (int64_t)t * qd, got + t * ld, (size_t)qd * 4);
