@@ -9,7 +9,7 @@ JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_ARGS ?=
 PORT       ?= 8000
 
-.PHONY: all deps build test asan test-asan run model clean fuzz
+.PHONY: all deps build test asan test-asan run model clean fuzz test-deploy
 
 all: build
 
@@ -60,6 +60,12 @@ fuzz:
 	mkdir -p $(FUZZ_BUILD)/fuzz-corpus $(FUZZ_BUILD)/fuzz-artifacts
 	$(FUZZ_BUILD)/fuzz-gguf -max_total_time=$(FUZZ_SECONDS) -dict=tests/fuzz/gguf.dict \
 	  -artifact_prefix=$(FUZZ_BUILD)/fuzz-artifacts/ $(FUZZ_BUILD)/fuzz-corpus tests/corpus/gguf
+
+# deploy/ (docs/DEPLOY.md): the Dockerfile's CPU variant built with podman on a local Debian
+# base image, with the unit tests and a quill serve check inside it; the compose file and the
+# Kubernetes manifests linted and validated. Needs root (apt, podman), Debian's archive and PyPI.
+test-deploy:
+	@JOBS=$(JOBS) scripts/test-deploy.sh
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)
