@@ -1003,8 +1003,9 @@ extern "C" int ql_cuda_backend_init(const ql_gguf_t *g, const ql_backend_params_
             free(o_lay);
             goto fail;
         }
-        uint64_t kv_budget = (uint64_t)(allowed - (double)fixed_bytes);
-        if (p->kv_cache_bytes > 0) kv_budget = QL_MIN(kv_budget, p->kv_cache_bytes);
+        /* NOTE(kv-budget): p->kv_cache_bytes (--kv-cache-mem) is the CPU backend's budget;
+         * here the utilization decides */
+        const uint64_t kv_budget = (uint64_t)(allowed - (double)fixed_bytes);
         uint64_t n_blocks = kv_budget / block_bytes;
         n_blocks = QL_MIN(n_blocks, (uint64_t)be->S * (uint64_t)be->MB); /* more is never used */
         n_blocks = QL_MIN(n_blocks, (uint64_t)(INT32_MAX / block_size));  /* int32 slots */

@@ -47,8 +47,9 @@ QL_API int ql_cuda_device_info(int idx, ql_cuda_device_info_t *out);
 
 /** The CUDA backend on device 0 (see ql_backend_init_fn): the model's linear layers and
  *  embeddings dequantized on the host to f16 and uploaded once (norms and biases f32), a
- *  paged f16 KV pool sized from the device's free memory × p->gpu_memory_utilization
- *  (default 0.9; p->kv_cache_bytes, when set, caps it), cuBLAS GEMMs with f32 accumulation,
+ *  paged f16 KV pool of what p->gpu_memory_utilization (default 0.9) of the device's memory
+ *  leaves (p->kv_cache_bytes is the CPU's budget and is ignored here), capped at what
+ *  n_seqs_max full contexts can use, cuBLAS GEMMs with f32 accumulation,
  *  decode steps replayed from CUDA graphs (QL_CUDA_GRAPHS=0 in the environment: eager).
  *  Errors: QL_EUNSUPPORTED (no CUDA in this build, no device, a model shape the kernels do
  *  not run), QL_ENOMEM (the model or one KV block does not fit: err says how much is needed
