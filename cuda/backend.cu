@@ -287,6 +287,7 @@ typedef struct step_shape_s {
     int32_t n_seqs;  /* rows of the block tables the attention may read */
     int32_t n_rows;  /* logits rows computed */
     int32_t max_pos; /* >= every position of the step */
+    int32_t stride;  /* block table row stride: blocks that cover positions 0..max_pos */
 } step_shape_t;
 
 static int enqueue_step(cuda_backend_t *be, const step_shape_t *sh) {
@@ -308,7 +309,7 @@ static int enqueue_step(cuda_backend_t *be, const step_shape_t *sh) {
     aa.pos = be->d.pos;
     aa.seq_of = be->d.seq_of;
     aa.block_tables = be->d.block_tables;
-    aa.max_blocks = be->MB;
+    aa.max_blocks = sh->stride;
     aa.n_seqs = sh->n_seqs;
     aa.max_pos = sh->max_pos;
     ql_cuda_attn_plan_t plan;
@@ -446,22 +447,28 @@ static int prepare_step(cuda_backend_t *be, const ql_batch_t *b, step_shape_t *s
     }
     const int32_t n_rows = *bucket >= 0 ? B : b->n_logits;
     for (int32_t i = 0; i < n_rows; i++) h->rows[i] = i < b->n_logits ? b->logits_rows[i] : 0;
+    /* NOTE(step-record): block table rows of `stride` entries, the blocks that cover the
+     * context bound, so a step copies only what its attention can read; the stride is a
+     * function of the bound, fixed for each graph */
+    const int32_t bs = kv->block_size;
+    const int32_t stride = (int32_t)(((int64_t)bound + bs) / bs);
+    QL_ASSERT(stride >= 1 && stride <= be->MB);
     const int32_t n_seq_rows = *bucket >= 0 ? B : b->n_seqs;
     for (int32_t s = 0; s < n_seq_rows; s++) {
-        int32_t *row = h->block_tables + (int64_t)s * be->MB;
-        const int32_t nb = s < b->n_seqs ? b->n_blocks[s] : 0;
+        int32_t *row = h->block_tables + (int64_t)s * stride;
+        const int32_t nb = s < b->n_seqs ? QL_MIN(b->n_blocks[s], stride) : 0;
         for (int32_t i = 0; i < nb; i++) row[i] = b->block_tables[s][i];
-        for (int32_t i = nb; i < be->MB; i++) row[i] = 0;
+        for (int32_t i = nb; i < stride; i++) row[i] = 0;
     }
     sh->n_tok = B;
     sh->n_seqs = n_seq_rows;
     sh->n_rows = n_rows;
     sh->max_pos = bound; /* every step: the plans attn_work_max() sized the scratch for */
+    sh->stride = stride;
     if (*bucket < 0) *cbucket = -1;
-    /* NOTE(step-record): the whole record goes in one copy; the block tables, the largest
-     * part, only as far as the rows the step uses */
+    /* the whole record in one copy, the block tables as far as the step's rows */
     const size_t head = (size_t)((uint8_t *)h->block_tables - (uint8_t *)be->step_host);
-    const size_t bytes = head + (size_t)n_seq_rows * (size_t)be->MB * sizeof(int32_t);
+    const size_t bytes = head + (size_t)n_seq_rows * (size_t)stride * sizeof(int32_t);
     QL_CU(cudaMemcpyAsync(be->step_dev, be->step_host, bytes, cudaMemcpyHostToDevice,
                           be->stream));
     return 0;
@@ -630,8 +637,7 @@ static void cuda_free(ql_backend_t *base) {
         if (be->have_event) (void)cudaEventDestroy(be->done);
         if (be->have_stream) (void)cudaStreamDestroy(be->stream);
         if (be->dmem) (void)cudaFree(be->dmem);
-        if (be->step_host) (void)cudaFreeHost(be->step_host);
-        if (be->logits_host) (void)cudaFreeHost(be->logits_host);
+        if (be->step_host) (void)cudaFreeHost(be->step_host); /* with the logits rows */
         (void)cudaGetLastError();
     }
     free(be->layers);
