@@ -169,7 +169,15 @@ int ql__load_model(const ql_config_t *cfg, int32_t n_seqs_max, ql_loaded_t *m, c
         .n_ctx_max = cfg->max_model_len,
     };
     ql_backend_t *be = NULL;
-    if ((rc = ql_backend_init(&reg, backend_name(cfg), m->gguf, &bp, &be, e, sizeof e)) != 0) {
+    rc = ql_backend_init(&reg, backend_name(cfg), m->gguf, &bp, &be, e, sizeof e);
+    if (rc == QL_EUNSUPPORTED && !backend_name(cfg)) {
+        /* NOTE(registry): `auto` means the best backend that runs this model: a shape the
+         * CUDA kernels lack (a head size, say) still runs on the CPU */
+        QL_LOG_WARN("%s: the preferred backend cannot run it (%s): using the CPU backend",
+                    cfg->model, e);
+        rc = ql_backend_init(&reg, "cpu", m->gguf, &bp, &be, e, sizeof e);
+    }
+    if (rc != 0) {
         snprintf(err, errlen, "%s: %s", cfg->model, e[0] ? e : ql_strerror(rc));
         goto fail;
     }
