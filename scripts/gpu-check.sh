@@ -123,12 +123,12 @@ fi
 export PATH="$PATH:/usr/local/cuda/bin"
 : >"$OUT/build.log"
 BUILT=0
-if step configure "$OUT/build.log" 90 330 cmake "${CM_ARGS[@]}" &&
-    step build "$OUT/build.log" 300 170 cmake --build "$BUILD" -j "$JOBS"; then
+if step configure "$OUT/build.log" 60 400 cmake "${CM_ARGS[@]}" &&
+    step build "$OUT/build.log" 240 230 cmake --build "$BUILD" -j "$JOBS"; then
     BUILT=1
 else
     # the benchmark and mkmodel may still build when something else (a test) does not
-    step build-bench "$OUT/build.log" 120 160 cmake --build "$BUILD" -j "$JOBS" --target quill bench-gpu &&
+    step build-bench "$OUT/build.log" 120 220 cmake --build "$BUILD" -j "$JOBS" --target quill bench-gpu &&
         BUILT=1
 fi
 grep -q 'QL_CUDA:BOOL=ON' "$BUILD/CMakeCache.txt" 2>/dev/null ||
@@ -144,8 +144,8 @@ if [ $BUILT -eq 1 ] && [ $HAVE_GPU -eq 1 ] && [ -x "$BUILD/quill" ]; then
     (
         STEPS="$TMP/mk-steps" # this subshell's records, merged below
         : >"$STEPS"
-        step mkmodel-smollm2 "$OUT/mkmodel.log" 60 120 "$BUILD/quill" mkmodel --shape smollm2-135m --type f16 -o "$SMOL"
-        step mkmodel-8b "$OUT/mkmodel.log" 170 100 "$BUILD/quill" mkmodel --shape "$BIG_SHAPE" --type q4_0 -o "$BIG"
+        step mkmodel-smollm2 "$OUT/mkmodel.log" 60 200 "$BUILD/quill" mkmodel --shape smollm2-135m --type f16 -o "$SMOL"
+        step mkmodel-8b "$OUT/mkmodel.log" 180 110 "$BUILD/quill" mkmodel --shape "$BIG_SHAPE" --type q4_0 -o "$BIG"
     ) &
     MK_PID=$!
 fi
@@ -153,8 +153,8 @@ fi
 # ---- tests ----
 : >"$OUT/tests.log"
 if [ $BUILT -eq 1 ] && [ -f "$BUILD/CTestTestfile.cmake" ]; then
-    step tests-gpu "$OUT/tests.log" 180 150 ctest --test-dir "$BUILD" -L gpu --output-on-failure -j 2
-    step tests-cuda-cpu "$OUT/tests.log" 60 140 ctest --test-dir "$BUILD" -R '^cuda' -LE gpu --output-on-failure
+    step tests-gpu "$OUT/tests.log" 150 120 ctest --test-dir "$BUILD" -L gpu --output-on-failure -j 2
+    step tests-cuda-cpu "$OUT/tests.log" 30 110 ctest --test-dir "$BUILD" -R '^cuda' -LE gpu --output-on-failure
 else
     say "tests: skipped (no test build)"
     echo "tests skipped 0" >>"$STEPS"
@@ -175,9 +175,9 @@ fi
 : >"$OUT/bench.log"
 BENCH="$BUILD/bench-gpu"
 if [ $HAVE_GPU -eq 1 ] && [ -x "$BENCH" ]; then
-    [ -f "$SMOL" ] && step bench-smollm2 "$OUT/bench.log" 90 100 "$BENCH" --model "$SMOL" --json "$OUT/bench-smollm2-135m.json"
-    [ -f "$BIG" ] && step bench-8b "$OUT/bench.log" 170 25 "$BENCH" --model "$BIG" --json "$OUT/bench-$BIG_SHAPE.json"
-    [ -f "$SMOL" ] && step bench-smollm2-eager "$OUT/bench.log" 45 5 env QL_CUDA_GRAPHS=0 "$BENCH" --model "$SMOL" --batch 1,64 --reps 2 --json "$OUT/bench-smollm2-135m-eager.json"
+    [ -f "$SMOL" ] && step bench-smollm2 "$OUT/bench.log" 60 80 "$BENCH" --model "$SMOL" --json "$OUT/bench-smollm2-135m.json"
+    [ -f "$BIG" ] && step bench-8b "$OUT/bench.log" 150 15 "$BENCH" --model "$BIG" --json "$OUT/bench-$BIG_SHAPE.json"
+    [ -f "$SMOL" ] && step bench-smollm2-eager "$OUT/bench.log" 40 0 env QL_CUDA_GRAPHS=0 "$BENCH" --model "$SMOL" --batch 1,64 --reps 2 --json "$OUT/bench-smollm2-135m-eager.json"
     [ -f "$SMOL" ] && [ -f "$BIG" ] || say "bench: a model is missing (see mkmodel.log)"
 else
     say "bench: skipped ($([ $HAVE_GPU -eq 1 ] && echo "bench-gpu was not built" || echo "no device"))"
