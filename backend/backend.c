@@ -54,6 +54,8 @@ int ql_batch_validate(const ql_batch_t *b, const ql_backend_info_t *info, char *
         FAIL("n_seqs %d outside [1, %d]", (int)b->n_seqs, (int)info->n_seqs_max);
     if (b->n_logits < 0 || b->n_logits > info->n_logits_max)
         FAIL("n_logits %d outside [0, %d]", (int)b->n_logits, (int)info->n_logits_max);
+    if (b->n_layers < 0 || b->n_layers > info->kv.n_layer)
+        FAIL("n_layers %d outside [0, %d]", (int)b->n_layers, (int)info->kv.n_layer);
     if (!b->tokens || !b->pos || !b->seq_of_token || !b->block_tables || !b->n_blocks ||
         !b->seq_len || (b->n_logits > 0 && !b->logits_rows))
         FAIL("a batch array is NULL");

@@ -71,7 +71,8 @@ static inline QL_HOST_DEVICE uint64_t ql_kv_block_bytes(const ql_kv_layout_t *l,
  *   - each token's sequence s = seq_of_token[t] is in [0, n_seqs), its position
  *     0 <= pos[t] < seq_len[s] <= min(n_blocks[s] · block_size, info.n_ctx_max);
  *   - block ids in block_tables[s][0 .. n_blocks[s]) are in [0, kv.n_blocks);
- *   - logits_rows are token indices in [0, n_tokens), n_logits <= info.n_logits_max.
+ *   - logits_rows are token indices in [0, n_tokens), n_logits <= info.n_logits_max;
+ *   - 0 <= n_layers <= kv.n_layer.
  * Contract (the caller's, not checked): K/V of every position below a token's own that
  * is not itself in this batch were written by an earlier step into the same blocks; no two
  * tokens of a batch share (sequence, position); two live sequences write the same block
@@ -89,6 +90,11 @@ typedef struct ql_batch_s {
     const int32_t *seq_len;             /* [n_seqs] tokens in the KV cache after this step */
     const int32_t *logits_rows;         /* [n_logits] token rows that need logits */
     int32_t n_logits;
+    int32_t n_layers; /* layers to run, 0 = all. With 0 < n_layers < kv.n_layer the forward
+                         runs the first n_layers layers, then the final norm and the output head
+                         on the logits rows (self-speculative drafting, "layerskip"); K/V are
+                         written for those layers only. A backend that ignores it stays correct
+                         for the scheduler (a verify recomputes every layer) but drafts worse */
 } ql_batch_t;
 
 /* What a backend is, fixed at init. The scheduler sizes itself from it. */

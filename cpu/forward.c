@@ -231,7 +231,9 @@ static void forward_task(void *ctx, int ith, int nth) {
         for (int64_t t = t0; t < t1; t++) ql_cpu_rope_cache(&be->rope, b->pos[t], be->cs + t * NR);
     }
 
-    for (uint32_t l = 0; l < be->hp.n_layer; l++) {
+    /* n_layers < n_layer: a layerskip draft, the first layers then the head (backend.h) */
+    const uint32_t n_layer_run = b->n_layers > 0 ? (uint32_t)b->n_layers : be->hp.n_layer;
+    for (uint32_t l = 0; l < n_layer_run; l++) {
         const layer_t *L = &be->layers[l];
         uint16_t *kpool = be->kv + (int64_t)l * 2 * be->kv_layer_elems;
         uint16_t *vpool = kpool + be->kv_layer_elems;

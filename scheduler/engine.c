@@ -34,6 +34,8 @@ typedef struct choice_s {
     ql_stop_t stop;
     int32_t n_generated;
     float spec_alpha;      /* measured acceptance of this choice's drafts (NOTE(spec)) */
+    int32_t spec_cand;     /* its index among this step's drafting choices (layerskip: its q
+                              rows), -1 when it drafts nothing */
 } choice_t;
 
 struct ereq_s {
@@ -99,6 +101,17 @@ struct ql_engine_s {
     float *spec_alphas;      /* [max_num_seqs] */
     int32_t *spec_kmax, *spec_kplan; /* [max_num_seqs] */
     uint64_t spec_n_drafts, spec_n_draft_tokens, spec_n_accepted;
+    /* layerskip (NOTE(layerskip)) */
+    int32_t ls_per;          /* scratch blocks per drafting choice */
+    int32_t ls_scratch0;     /* first scratch block id: [ls_scratch0, + max_num_seqs·ls_per) */
+    int32_t ls_tbl_w;        /* entries of one draft block table */
+    int32_t *ls_tables;      /* [max_num_seqs][ls_tbl_w] */
+    const int32_t **ls_tptr; /* [max_num_seqs] */
+    int32_t *ls_tokens, *ls_pos, *ls_seq, *ls_nblocks, *ls_seqlen, *ls_rows; /* [max_num_seqs] */
+    int32_t *ls_base;        /* [max_num_seqs] the choice's known tokens when drafting began */
+    int32_t *ls_cnb;         /* [max_num_seqs] entries of the choice's draft block table */
+    int32_t n_layer;         /* the backend's layers */
+    float *spec_q;           /* [max_num_seqs][spec_k][n_vocab] draft distributions */
     char *text;              /* the event text being built */
     size_t text_len, text_cap;
 
@@ -443,12 +456,123 @@ static void spec_note(ql_engine_t *e, choice_t *c, int32_t n_draft, int32_t n_ac
     }
 }
 
+/* NOTE(layerskip): the draft is the target's first spec_layers layers and its own final norm and
+ * head (ql_batch_t.n_layers), run k times, one token per drafting choice each round. The draft
+ * reads the layers' KV of the known tokens from the choice's own blocks (the target computed
+ * exactly that KV: no second cache for them), and writes the drafts' KV into scratch blocks
+ * outside the block manager (the block holding the last known token is first copied there, so
+ * its earlier slots are readable), so drafting never touches a block a sequence owns. The
+ * verify then recomputes every layer at the drafted positions in the sequence's own blocks;
+ * the scratch blocks are simply overwritten next step: rolling the draft back costs nothing. */
+
+/* Drafts with the target's first layers for e->spec_cand[0, n) (k planned in spec_kplan). */
+static void spec_draft_layerskip(ql_engine_t *e, int32_t n) {
+    const int32_t bs = e->lim.block_size, K = e->spec_k;
+    const size_t n_vocab = (size_t)e->lim.n_vocab;
+    int32_t n_copy = 0, k_max = 0;
+    for (int32_t i = 0; i < n; i++) {
+        choice_t *c = e->spec_cand[i];
+        int32_t k = e->spec_kplan[i];
+        if (k <= 0) continue;
+        ql_sched_seq_info_t info;
+        int rc = ql_sched_seq_info(e->sched, c->seq, &info);
+        QL_ASSERT(rc == 0);
+        const int32_t p0 = info.n_tokens - 1, b0 = p0 / bs, off = p0 % bs;
+        int32_t *tbl = e->ls_tables + (size_t)i * e->ls_tbl_w;
+        memcpy(tbl, info.block_table, (size_t)b0 * sizeof(int32_t));
+        const int32_t nsb = (off + k + bs - 1) / bs;
+        QL_ASSERT(nsb <= e->ls_per && b0 + nsb <= e->ls_tbl_w);
+        for (int32_t j = 0; j < nsb; j++) tbl[b0 + j] = e->ls_scratch0 + i * e->ls_per + j;
+        if (off > 0) {
+            e->copy_src[n_copy] = info.block_table[b0];
+            e->copy_dst[n_copy++] = tbl[b0];
+        }
+        e->ls_cnb[i] = b0 + nsb;
+        e->ls_base[i] = info.n_tokens;
+        c->spec_cand = i;
+        k_max = QL_MAX(k_max, k);
+    }
+    if (k_max == 0) return;
+    /* every destination is a scratch block and no scratch block is a source: one call */
+    int rc = n_copy ? ql_backend_copy_blocks(e->be, e->copy_src, e->copy_dst, n_copy) : 0;
+    for (int32_t r = 0; r < k_max && rc == 0; r++) {
+        int32_t nt = 0;
+        for (int32_t i = 0; i < n; i++) {
+            if (e->spec_kplan[i] <= r) continue;
+            choice_t *c = e->spec_cand[i];
+            const int32_t *d = e->spec_buf + (size_t)i * QL_SPEC_K_MAX;
+            ql_sched_seq_info_t info;
+            ql_sched_seq_info(e->sched, c->seq, &info);
+            e->ls_tokens[nt] = r == 0 ? info.tokens[info.n_tokens - 1] : d[r - 1];
+            e->ls_pos[nt] = e->ls_base[i] - 1 + r;
+            e->ls_seq[nt] = nt;
+            e->ls_seqlen[nt] = e->ls_base[i] + r;
+            e->ls_rows[nt] = nt;
+            e->ls_tptr[nt] = e->ls_tables + (size_t)i * e->ls_tbl_w;
+            e->ls_nblocks[nt] = e->ls_cnb[i];
+            nt++;
+        }
+        ql_batch_t b = {.n_tokens = nt, .tokens = e->ls_tokens, .pos = e->ls_pos,
+                        .seq_of_token = e->ls_seq, .n_seqs = nt, .block_tables = e->ls_tptr,
+                        .n_blocks = e->ls_nblocks, .seq_len = e->ls_seqlen,
+                        .logits_rows = e->ls_rows, .n_logits = nt, .n_layers = e->spec_layers};
+        rc = ql_backend_forward(e->be, &b, e->logits);
+        if (rc != 0) break;
+        int32_t t = 0;
+        for (int32_t i = 0; i < n; i++) {
+            if (e->spec_kplan[i] <= r) continue;
+            choice_t *c = e->spec_cand[i];
+            ereq_t *rq = c->req;
+            const float *row = e->logits + (size_t)t++ * n_vocab;
+            int32_t *d = e->spec_buf + (size_t)i * QL_SPEC_K_MAX;
+            ql_sched_seq_info_t info;
+            ql_sched_seq_info(e->sched, c->seq, &info); /* tokens then the drafts so far */
+            const ql_sampling_history_t hist = {
+                .tokens = info.tokens, .n_tokens = e->ls_base[i] + r, .n_prompt = info.n_prompt};
+            /* q is processed as p will be: same parameters, same bans at this position */
+            const ql_sampling_params_t saved = c->sampler.params;
+            c->sampler.params.logprobs = 0;
+            c->sampler.params.top_logprobs = 0;
+            c->sampler.params.n_logit_bias =
+                c->bans_on ? bias_count_at(rq, c, c->n_generated + r) : rq->n_bias_user;
+            int32_t tok = -1;
+            int src;
+            if (c->sampler.params.temperature == 0.0f) {
+                ql_sample_result_t res;
+                src = ql_sampler_sample(&c->sampler, e->ws, row, &hist, &res);
+                tok = res.token;
+            } else {
+                float *q = e->spec_q + ((size_t)i * K + r) * n_vocab;
+                src = ql_sampler_probs(&c->sampler, e->ws, row, &hist, q);
+                if (src == 0)
+                    tok = ql_spec_sample_probs(q, (int32_t)n_vocab, ql_sampler_uniform(&c->sampler));
+            }
+            c->sampler.params = saved;
+            if (src != 0 || tok < 0) { /* nothing to draft here: stop this choice's drafts */
+                e->spec_kplan[i] = r;
+                continue;
+            }
+            d[r] = tok;
+            if (ql_sched_set_draft(e->sched, c->seq, d, r + 1) != r + 1) e->spec_kplan[i] = r;
+        }
+    }
+    if (rc != 0) { /* the verify's forward will meet the same failure and report it */
+        QL_LOG_WARN("layerskip draft forward failed (%s): no drafts this step", ql_strerror(rc));
+        for (int32_t i = 0; i < n; i++) {
+            ql_sched_set_draft(e->sched, e->spec_cand[i]->seq, NULL, 0);
+            e->spec_cand[i]->spec_cand = -1;
+        }
+    }
+}
+
 static void spec_propose(ql_engine_t *e) {
+    const int layerskip = e->spec_method == QL_ENGINE_SPEC_LAYERSKIP;
     int32_t n_cand = 0, n_decode = 0;
     for (ereq_t *r = e->live_head; r; r = r->next) {
         if (r->done) continue;
         for (int32_t i = 0; i < r->n_choices; i++) {
             choice_t *c = &r->choices[i];
+            c->spec_cand = -1;
             if (c->seq < 0) continue;
             ql_sched_seq_info_t info;
             if (ql_sched_seq_info(e->sched, c->seq, &info) != 0) continue;
@@ -459,12 +583,15 @@ static void spec_propose(ql_engine_t *e) {
             int32_t room = info.max_tokens - (info.n_tokens - info.n_prompt) - 1;
             int32_t kmax = QL_MIN(r->spec_k, room);
             if (kmax <= 0 || n_cand >= e->lim.max_num_seqs) continue;
-            int32_t *buf = e->spec_buf + (size_t)n_cand * QL_SPEC_K_MAX;
-            int32_t found = ql_spec_ngram_propose(info.tokens, info.n_tokens, e->spec_ngram_min,
-                                                  e->spec_ngram_max, kmax, buf);
-            if (found <= 0) {
-                c->spec_alpha += SPEC_ALPHA_RETURN * (e->spec_alpha_all - c->spec_alpha);
-                continue;
+            int32_t found = kmax;
+            if (!layerskip) {
+                int32_t *buf = e->spec_buf + (size_t)n_cand * QL_SPEC_K_MAX;
+                found = ql_spec_ngram_propose(info.tokens, info.n_tokens, e->spec_ngram_min,
+                                              e->spec_ngram_max, kmax, buf);
+                if (found <= 0) {
+                    c->spec_alpha += SPEC_ALPHA_RETURN * (e->spec_alpha_all - c->spec_alpha);
+                    continue;
+                }
             }
             e->spec_cand[n_cand] = c;
             e->spec_kmax[n_cand] = found;
@@ -476,15 +603,27 @@ static void spec_propose(ql_engine_t *e) {
     if (e->spec_fixed_k) {
         for (int32_t i = 0; i < n_cand; i++) e->spec_kplan[i] = e->spec_kmax[i];
     } else {
+        /* a layerskip draft token costs its share of a forward of spec_layers layers */
+        double draft_s = 0.0;
+        if (layerskip) {
+            const double frac = (double)e->spec_layers / (double)e->n_layer;
+            draft_s = frac * (e->spec_cost.c_s + e->spec_cost.t0_s / (double)n_cand);
+        }
         ql_spec_plan(&e->spec_cost, n_decode + e->last_prefill_tokens, (double)n_decode, n_cand,
-                     e->spec_alphas, e->spec_kmax, 0.0, e->spec_kplan);
+                     e->spec_alphas, e->spec_kmax, draft_s, e->spec_kplan);
     }
     for (int32_t i = 0; i < n_cand; i++) {
         choice_t *c = e->spec_cand[i];
-        if (e->spec_kplan[i] <= 0) {
+        if (e->spec_kplan[i] <= 0)
             c->spec_alpha += SPEC_ALPHA_RETURN * (e->spec_alpha_all - c->spec_alpha);
-            continue;
-        }
+    }
+    if (layerskip) {
+        spec_draft_layerskip(e, n_cand);
+        return;
+    }
+    for (int32_t i = 0; i < n_cand; i++) {
+        choice_t *c = e->spec_cand[i];
+        if (e->spec_kplan[i] <= 0) continue;
         int32_t rc = ql_sched_set_draft(e->sched, c->seq, e->spec_buf + (size_t)i * QL_SPEC_K_MAX,
                                         e->spec_kplan[i]);
         if (rc < 0) QL_LOG_DEBUG("draft refused (%s)", ql_strerror(rc));
@@ -506,9 +645,13 @@ static void spec_verify(ql_engine_t *e, choice_t *c, const ql_sched_item_t *it) 
         rows[i] = e->logits + (size_t)(it->logits_row + i) * n_vocab;
         nbias[i] = c->bans_on ? bias_count_at(r, c, c->n_generated + i) : r->n_bias_user;
     }
+    const float *qrows[QL_SPEC_K_MAX];
+    const int use_q = e->spec_q && c->spec_cand >= 0 && c->sampler.params.temperature > 0.0f;
+    for (int32_t i = 0; use_q && i < k; i++)
+        qrows[i] = e->spec_q + ((size_t)c->spec_cand * e->spec_k + i) * n_vocab;
     ql_spec_verify_t v = {.rows = rows,
                           .draft = info.tokens + info.n_tokens,
-                          .q = NULL,
+                          .q = use_q ? qrows : NULL,
                           .n_draft = k,
                           .tokens = info.tokens,
                           .n_known = info.n_tokens,
@@ -745,6 +888,17 @@ static void spec_free(ql_engine_t *e) {
     free(e->spec_alphas);
     free(e->spec_kmax);
     free(e->spec_kplan);
+    free(e->ls_tables);
+    free((void *)e->ls_tptr);
+    free(e->ls_tokens);
+    free(e->ls_pos);
+    free(e->ls_seq);
+    free(e->ls_nblocks);
+    free(e->ls_seqlen);
+    free(e->ls_rows);
+    free(e->ls_base);
+    free(e->ls_cnb);
+    free(e->spec_q);
 }
 
 int ql_engine_init(const ql_engine_params_t *p, ql_backend_t *be, const ql_tok_t *tok,
@@ -767,10 +921,17 @@ int ql_engine_init(const ql_engine_params_t *p, ql_backend_t *be, const ql_tok_t
         ql_errf(err, errlen, "engine: a speculative decoding parameter is out of range");
         return QL_EINVAL;
     }
-    if (p->spec_method == QL_ENGINE_SPEC_DRAFT || p->spec_method == QL_ENGINE_SPEC_LAYERSKIP) {
-        ql_errf(err, errlen, "engine: speculative method '%s' is not built yet (use ngram)",
-                p->spec_method == QL_ENGINE_SPEC_DRAFT ? "draft" : "layerskip");
+    if (p->spec_method == QL_ENGINE_SPEC_DRAFT) {
+        ql_errf(err, errlen, "engine: speculative method 'draft' (a draft model) is not built yet "
+                             "(use ngram or layerskip)");
         return QL_EUNSUPPORTED;
+    }
+    const int32_t spec_k = p->spec_method ? (p->spec_k ? p->spec_k : 4) : 0;
+    const int32_t spec_layers = p->spec_layers ? p->spec_layers : 4;
+    if (p->spec_method == QL_ENGINE_SPEC_LAYERSKIP && spec_layers >= bi->kv.n_layer) {
+        ql_errf(err, errlen, "engine: layerskip needs fewer draft layers (%d) than the model's %d",
+                (int)spec_layers, (int)bi->kv.n_layer);
+        return QL_EINVAL;
     }
     if (bi->n_vocab < 1 || bi->n_seqs_max < 1 || bi->n_logits_max < 1 ||
         bi->n_batch_tokens_max < 1 || bi->kv.block_size < 1 || bi->kv.n_blocks < 1 ||
@@ -790,9 +951,21 @@ int ql_engine_init(const ql_engine_params_t *p, ql_backend_t *be, const ql_tok_t
     lim.max_batched_tokens = p->max_batched_tokens ? p->max_batched_tokens : bi->n_batch_tokens_max;
     lim.max_batched_tokens = QL_MIN(lim.max_batched_tokens, bi->n_batch_tokens_max);
     lim.max_num_seqs = QL_MIN(lim.max_num_seqs, lim.max_batched_tokens);
+    /* layerskip's scratch blocks (NOTE(layerskip)) come off the end of the pool */
+    int32_t ls_per = 0;
+    if (p->spec_method == QL_ENGINE_SPEC_LAYERSKIP) {
+        ls_per = (lim.block_size - 1 + spec_k + lim.block_size - 1) / lim.block_size;
+        int64_t n_scratch = (int64_t)lim.max_num_seqs * ls_per;
+        if (n_scratch >= lim.n_blocks) {
+            ql_errf(err, errlen, "engine: layerskip's %lld scratch KV blocks leave none of the %d",
+                    (long long)n_scratch, (int)lim.n_blocks);
+            return QL_EINVAL;
+        }
+        lim.n_blocks -= (int32_t)n_scratch;
+    }
     lim.max_model_len = p->max_model_len ? p->max_model_len : bi->n_ctx_max;
     lim.max_model_len = QL_MIN(lim.max_model_len, bi->n_ctx_max);
-    int64_t pool_tokens = (int64_t)bi->kv.n_blocks * bi->kv.block_size;
+    int64_t pool_tokens = (int64_t)lim.n_blocks * bi->kv.block_size;
     if (lim.max_model_len > pool_tokens + 1) {
         QL_LOG_WARN("max_model_len %d exceeds what the KV pool holds (%lld tokens): capped",
                     (int)lim.max_model_len, (long long)pool_tokens);
@@ -812,10 +985,13 @@ int ql_engine_init(const ql_engine_params_t *p, ql_backend_t *be, const ql_tok_t
     e->healthy_local = 1;
     e->healthy = 1;
     e->spec_method = p->spec_method;
-    e->spec_k = p->spec_method ? (p->spec_k ? p->spec_k : 4) : 0;
+    e->spec_k = spec_k;
+    e->n_layer = bi->kv.n_layer;
+    e->ls_per = ls_per;
+    e->ls_scratch0 = lim.n_blocks;
     e->spec_ngram_min = p->spec_ngram_min ? p->spec_ngram_min : 1;
     e->spec_ngram_max = QL_MAX(p->spec_ngram_max ? p->spec_ngram_max : 3, e->spec_ngram_min);
-    e->spec_layers = p->spec_layers ? p->spec_layers : 4;
+    e->spec_layers = spec_layers;
     e->spec_fixed_k = p->spec_fixed_k != 0;
     e->spec_alpha_all = SPEC_ALPHA_PRIOR;
     /* NOTE(spec-prior): SmolLM2-135M on two cores of this project's CPU: ~2.4 ms a step plus
@@ -876,6 +1052,27 @@ int ql_engine_init(const ql_engine_params_t *p, ql_backend_t *be, const ql_tok_t
             !e->spec_kmax || !e->spec_kplan)
             goto fail;
     }
+    if (e->spec_method == QL_ENGINE_SPEC_LAYERSKIP) {
+        const size_t ns = (size_t)lim.max_num_seqs;
+        e->ls_tbl_w = (lim.max_model_len + lim.block_size - 1) / lim.block_size + ls_per;
+        e->ls_tables = calloc(ns * (size_t)e->ls_tbl_w, sizeof(int32_t));
+        e->ls_tptr = calloc(ns, sizeof(*e->ls_tptr));
+        e->ls_tokens = calloc(ns, sizeof(int32_t));
+        e->ls_pos = calloc(ns, sizeof(int32_t));
+        e->ls_seq = calloc(ns, sizeof(int32_t));
+        e->ls_nblocks = calloc(ns, sizeof(int32_t));
+        e->ls_seqlen = calloc(ns, sizeof(int32_t));
+        e->ls_rows = calloc(ns, sizeof(int32_t));
+        e->ls_base = calloc(ns, sizeof(int32_t));
+        e->ls_cnb = calloc(ns, sizeof(int32_t));
+        size_t nq;
+        if (ql_size_mul(ns * (size_t)e->spec_k, (size_t)lim.n_vocab, &nq) != 0) goto fail;
+        e->spec_q = malloc(nq * sizeof(float));
+        if (!e->ls_tables || !e->ls_tptr || !e->ls_tokens || !e->ls_pos || !e->ls_seq ||
+            !e->ls_nblocks || !e->ls_seqlen || !e->ls_rows || !e->ls_base || !e->ls_cnb ||
+            !e->spec_q)
+            goto fail;
+    }
     for (size_t i = 0; i < n_eog; i++)
         if (eog[i] >= 0 && eog[i] < lim.n_vocab) e->eog[e->n_eog++] = eog[i];
 
@@ -899,7 +1096,11 @@ int ql_engine_init(const ql_engine_params_t *p, ql_backend_t *be, const ql_tok_t
                 "%d KV blocks of %d tokens, prefix cache %s, speculation %s (k %d)",
                 bi->name ? bi->name : "?", (int)lim.max_num_seqs, (int)lim.max_batched_tokens,
                 (int)lim.max_model_len, (int)lim.n_blocks, (int)lim.block_size,
-                kp.prefix_cache ? "on" : "off", e->spec_method ? "ngram" : "off", (int)e->spec_k);
+                kp.prefix_cache ? "on" : "off",
+                e->spec_method == QL_ENGINE_SPEC_NGRAM       ? "ngram"
+                : e->spec_method == QL_ENGINE_SPEC_LAYERSKIP ? "layerskip"
+                                                             : "off",
+                (int)e->spec_k);
     *out = e;
     return 0;
 

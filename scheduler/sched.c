@@ -374,6 +374,7 @@ int ql_sched_seq_info(const ql_sched_t *s, int32_t seq, ql_sched_seq_info_t *out
     memset(out, 0, sizeof(*out));
     out->state = q->state;
     out->tokens = q->tokens;
+    if (q->kv >= 0) out->block_table = ql_kv_seq_block_table(s->kv, q->kv, &out->n_blocks);
     out->n_tokens = q->n_tokens;
     out->n_prompt = q->n_prompt;
     out->max_tokens = q->max_tokens;

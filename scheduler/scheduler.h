@@ -101,6 +101,9 @@ typedef struct ql_sched_seq_info_s {
                                 step fed; they follow the known tokens: tokens[n_tokens ..
                                 n_tokens + n_draft) */
     int32_t verify_pending;  /* 1 between a verify step and ql_sched_spec_commit */
+    const int32_t *block_table; /* [n_blocks] its KV blocks while running (kv-cache.h), else
+                                   NULL; for drafting forwards that read its KV */
+    int32_t n_blocks;
     int32_t priority;
     void *user;
 } ql_sched_seq_info_t;

@@ -113,6 +113,14 @@ int ql_spec_verify(ql_sampler_t *s, ql_sampler_ws_t *ws, const ql_spec_verify_t 
     return 0;
 }
 
+int32_t ql_spec_sample_probs(const float *probs, int32_t n, double u) {
+    if (!probs || n <= 0) return -1;
+    double z = 0.0;
+    for (int32_t t = 0; t < n; t++) z += probs[t] > 0.0f ? probs[t] : 0.0f;
+    if (!(z > 0.0)) return -1;
+    return walk(probs, n, z, u);
+}
+
 /* ---- the cost model ---- */
 
 #define COST_DECAY 0.97     /* per observed step: the fit follows the last ~30 steps */

@@ -75,6 +75,11 @@ typedef struct ql_spec_verify_s {
 QL_API int ql_spec_verify(ql_sampler_t *s, ql_sampler_ws_t *ws, const ql_spec_verify_t *v,
                           float *p, float *r, int32_t *out, int32_t *n_accepted);
 
+/** The token a draw u in [0, 1) picks from probs [n] (summing to about 1), walking ids in order;
+ *  the last token of non-zero probability when rounding leaves u past the sum; -1 when every
+ *  entry is 0. For drafts sampled from a draft distribution. Thread: any. */
+QL_API int32_t ql_spec_sample_probs(const float *probs, int32_t n, double u);
+
 /* ---- load awareness: how many tokens to draft ---- */
 
 /* NOTE(spec-cost): a step's time is modelled as t0 + c·N for N tokens in the batch: t0 streams
@@ -96,10 +101,9 @@ QL_API void ql_spec_cost_observe(ql_spec_cost_t *m, int32_t n_tokens, double sec
 /** Chooses k[i] in [0, k_max[i]] for n sequences whose drafts are each accepted with
  *  probability alpha[i], in a step that already feeds n_base tokens and yields n_base_out
  *  output tokens: drafts are added one at a time to the sequence whose next draft is most
- *  likely to be accepted (alpha^(k+1)), while that expected gain per second added (c·(1 +
- *  draft_cost), draft_cost = a drafted token's cost relative to a verified one) beats the
- *  step's current output per second. Under saturation (t0 << c·N) no draft pays unless
- *  alpha ~ 1, so k falls to 0. Thread: any. */
+ *  likely to be accepted (alpha^(k+1)), while that expected gain per second added (c to verify
+ *  it, plus draft_s seconds to draft it) beats the step's current output per second. Under
+ *  saturation (t0 << c·N) no draft pays unless alpha ~ 1, so k falls to 0. Thread: any. */
 QL_API void ql_spec_plan(const ql_spec_cost_t *m, int32_t n_base, double n_base_out, int32_t n,
                          const float *alpha, const int32_t *k_max, double draft_cost,
                          int32_t *k);

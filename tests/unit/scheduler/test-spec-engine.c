@@ -5,13 +5,15 @@
  * Greedy identity (default model, skipped when absent): at temperature 0 every request gives
  * token for token, and logprob for logprob, the output it gives without speculation: batched,
  * with chunked prefill, with k fixed and with k load-adapted, and in a pool too small for the
- * batch (preemption and recompute in the middle of speculation). This holds because the CPU
+ * batch (preemption and recompute in the middle of speculation), for n-gram and layerskip
+ * drafts. This holds because the CPU
  * backend gives a position the same logits bits whether it is decoded alone or verified inside a
  * chunk (NOTE(batch-invariance) in cpu/forward.c), so any difference is the speculative path's:
  * a wrong accept, a wrong rollback, a stale draft in the KV. After every run the KV pool holds
  * as many cached blocks as without speculation: no rejected draft reached the prefix cache.
  *
- * Distribution (mkmodel's tiny model, always): sampled outputs with n-gram speculation follow
+ * Distribution (mkmodel's tiny model, always): sampled outputs with n-gram speculation (one-hot
+ * q) and layerskip (q from the first layer) follow
  * the target's distribution: the first two speculated tokens of many seeded requests against
  * the exact distribution computed from the backend's logits with the same sampler settings
  * (chi-square).
@@ -102,7 +104,8 @@ static ql_backend_t *open_backend(const ql_gguf_t *g, int32_t n_blocks, int32_t 
 }
 
 typedef struct runcfg_s {
-    int spec;          /* 0: no speculation; else ngram */
+    int spec;          /* ql_engine_spec_t */
+    int32_t layers;    /* layerskip's draft layers */
     int fixed_k;
     int32_t k;
     int32_t budget;    /* max_batched_tokens */
@@ -126,7 +129,8 @@ static void run(ql_backend_t *be, const ql_tok_t *tok, const prompts_t *pr, cons
     memset(&p, 0, sizeof(p));
     p.max_num_seqs = c->max_seqs;
     p.max_batched_tokens = c->budget;
-    p.spec_method = c->spec ? QL_ENGINE_SPEC_NGRAM : QL_ENGINE_SPEC_NONE;
+    p.spec_method = c->spec;
+    p.spec_layers = c->layers;
     p.spec_k = c->k;
     p.spec_fixed_k = c->fixed_k;
     ql_engine_t *e = NULL;
@@ -243,7 +247,7 @@ static void test_greedy_identity(void **state) {
     ql_backend_t *big = open_backend(g, 128, 8 * 5);
     run(big, tok, &pr, &c, ref, &t_ref);
 
-    c.spec = 1;
+    c.spec = QL_ENGINE_SPEC_NGRAM;
     c.fixed_k = 1;
     run(big, tok, &pr, &c, got, &t);
     assert_same(&pr, ref, got, "ngram, k = 4 fixed", 1);
@@ -266,6 +270,27 @@ static void test_greedy_identity(void **state) {
     run(big, tok, &pr, &c, got, &t);
     assert_same(&pr, ref, got, "ngram, adaptive k", 0);
     printf("    ngram adaptive: %d drafted, %d accepted\n", t.n_draft, t.n_accepted);
+
+    /* layerskip: the first 8 of 30 layers draft, k fixed then adaptive; 24-token steps */
+    c.spec = QL_ENGINE_SPEC_LAYERSKIP;
+    c.layers = 8;
+    c.fixed_k = 1;
+    c.logprobs = 1;
+    run(big, tok, &pr, &c, got, &t);
+    assert_same(&pr, ref, got, "layerskip, k = 4 fixed", 1);
+    printf("    layerskip L=8 k=4: %d drafted, %d accepted\n", t.n_draft, t.n_accepted);
+    assert_true(t.n_draft > 0 && t.n_accepted > 0);
+    assert_int_equal(t.counters.kv_blocks_cached, t_ref.counters.kv_blocks_cached);
+    c.budget = 24;
+    c.k = 3;
+    run(big, tok, &pr, &c, got, &t);
+    assert_same(&pr, ref, got, "layerskip, k = 3, 24-token steps", 1);
+    c.budget = 256;
+    c.k = 4;
+    c.fixed_k = 0;
+    run(big, tok, &pr, &c, got, &t);
+    assert_same(&pr, ref, got, "layerskip, adaptive k", 1);
+    printf("    layerskip adaptive: %d drafted, %d accepted\n", t.n_draft, t.n_accepted);
     ql_backend_free(big);
 
     /* a pool that holds the longest request alone but not all of them: preemption */
@@ -273,6 +298,7 @@ static void test_greedy_identity(void **state) {
     for (int i = 0; i < pr.n_req; i++) longest = QL_MAX(longest, pr.n[i]);
     int32_t n_small = (longest + MAX_OUT + 8 + 15) / 16 + 1;
     ql_backend_t *small = open_backend(g, n_small, 8 * 5);
+    c.spec = QL_ENGINE_SPEC_NGRAM;
     c.fixed_k = 1;
     c.logprobs = 1;
     run(small, tok, &pr, &c, got, &t);
@@ -281,6 +307,15 @@ static void test_greedy_identity(void **state) {
            (int)n_small, t.n_preemptions, t.n_draft, t.n_accepted);
     assert_true(t.n_preemptions > 0);
     assert_true(t.n_accepted > 0);
+    ql_backend_free(small);
+    /* layerskip takes 16 scratch blocks (two per seat: a draft may cross a block) off the pool */
+    small = open_backend(g, n_small + 16, 8 * 5);
+    c.spec = QL_ENGINE_SPEC_LAYERSKIP;
+    run(small, tok, &pr, &c, got, &t);
+    assert_same(&pr, ref, got, "layerskip, preempted", 1);
+    printf("    layerskip in a pool of %d blocks: %d preemptions, %d drafted, %d accepted\n",
+           (int)n_small, t.n_preemptions, t.n_draft, t.n_accepted);
+    assert_true(t.n_preemptions > 0);
     ql_backend_free(small);
     ql_tok_free(tok);
     ql_gguf_free(g);
@@ -320,6 +355,84 @@ static double chi2_q999(int dof) {
     const double z = 3.0902, k = dof, a = 2.0 / (9.0 * k);
     const double c = 1.0 - a + z * sqrt(a);
     return k * c * c * c;
+}
+
+/* D_N seeded requests with speculation (method), the first three tokens counted against the
+ * exact joint distribution */
+static void check_sampled(ql_backend_t *be, const ql_tok_t *tok, const int32_t *prompt,
+                          const ql_sampling_params_t *sp_in, int method, const double *joint,
+                          int n_cells, const float *p1, int32_t top2[][4], int32_t top3[][4][4]) {
+    char err[256];
+    ql_sampling_params_t sp = *sp_in;
+    /* one draft fits after the first token: max_tokens 3 */
+    static out_t outs[D_N];
+    ql_engine_params_t ep;
+    memset(&ep, 0, sizeof(ep));
+    ep.max_num_seqs = 64;
+    ep.max_batched_tokens = 512;
+    ep.spec_method = method;
+    ep.spec_layers = 1;
+    ep.spec_k = 2;
+    ep.spec_ngram_max = 1;
+    ep.spec_fixed_k = 1;
+    ql_engine_t *e = NULL;
+    if (ql_engine_init(&ep, be, tok, &e, err, sizeof err) != 0) fail_msg("engine: %s", err);
+    pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
+    int n_final = 0;
+    for (int i = 0; i < D_N; i++) {
+        out_t *o = &outs[i];
+        memset(o, 0, sizeof(*o));
+        o->mu = &mu;
+        o->cv = &cv;
+        o->n_final = &n_final;
+        ql_engine_request_t r = ql_engine_request_default();
+        r.prompt = prompt;
+        r.n_prompt = D_PROMPT;
+        r.sampling = sp;
+        r.sampling.seed = 1000 + (uint64_t)i;
+        r.max_tokens = 3;
+        r.ignore_eos = 1;
+        r.on_event = on_event;
+        r.user_data = o;
+        if (ql_engine_submit(e, &r, NULL, err, sizeof err) != 0) fail_msg("submit: %s", err);
+    }
+    pthread_mutex_lock(&mu);
+    while (n_final < D_N) pthread_cond_wait(&cv, &mu);
+    pthread_mutex_unlock(&mu);
+    ql_engine_free(e);
+    static int counts[D_VOCAB * 4 * 4];
+    memset(counts, 0, sizeof(counts));
+    int drafted = 0, accepted = 0;
+    for (int i = 0; i < D_N; i++) {
+        const out_t *o = &outs[i];
+        assert_int_equal(o->final_kind, QL_ENGINE_EVENT_FINISHED);
+        assert_int_equal(o->n_tokens, 3);
+        drafted += o->stats.n_draft_tokens;
+        accepted += o->stats.n_accepted_tokens;
+        int32_t t1 = o->tokens[0], r2 = -1, r3 = -1;
+        if (p1[t1] <= 0.0f) fail_msg("request %d: first token %d has p = 0", i, (int)t1);
+        for (int k = 0; k < 4; k++)
+            if (top2[t1][k] == o->tokens[1]) r2 = k;
+        if (r2 < 0) fail_msg("request %d: second token %d has p = 0", i, (int)o->tokens[1]);
+        for (int k = 0; k < 4; k++)
+            if (top3[t1][r2][k] == o->tokens[2]) r3 = k;
+        if (r3 < 0) fail_msg("request %d: third token %d has p = 0", i, (int)o->tokens[2]);
+        counts[(t1 * 4 + r2) * 4 + r3]++;
+    }
+    double x = 0.0;
+    for (int c = 0; c < D_VOCAB * 16; c++) {
+        if (joint[c] <= 0.0) continue;
+        double ex = joint[c] * D_N;
+        x += (counts[c] - ex) * (counts[c] - ex) / ex;
+    }
+    printf("    %s: %d cells, chi2 %.1f (0.999 quantile %.1f); %d drafted, %d accepted\n",
+           method == QL_ENGINE_SPEC_NGRAM ? "ngram" : "layerskip (1 of 2 layers)", n_cells, x,
+           chi2_q999(n_cells - 1), drafted, accepted);
+    assert_true(x < chi2_q999(n_cells - 1));
+    assert_true(accepted >= 200 && drafted - accepted >= 200); /* both paths, often */
+    pthread_mutex_destroy(&mu);
+    pthread_cond_destroy(&cv);
 }
 
 static void test_distribution(void **state) {
@@ -402,75 +515,63 @@ static void test_distribution(void **state) {
     }
     ql_sampler_ws_free(ws);
 
-    /* D_N seeded requests with n-gram speculation (one draft fits: max_tokens 3) */
-    static out_t outs[D_N];
-    ql_engine_params_t ep;
-    memset(&ep, 0, sizeof(ep));
-    ep.max_num_seqs = 64;
-    ep.max_batched_tokens = 512;
-    ep.spec_method = QL_ENGINE_SPEC_NGRAM;
-    ep.spec_k = 2;
-    ep.spec_ngram_max = 1;
-    ep.spec_fixed_k = 1;
-    ql_engine_t *e = NULL;
-    if (ql_engine_init(&ep, be, tok, &e, err, sizeof err) != 0) fail_msg("engine: %s", err);
-    pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-    pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
-    int n_final = 0;
-    for (int i = 0; i < D_N; i++) {
-        out_t *o = &outs[i];
-        memset(o, 0, sizeof(*o));
-        o->mu = &mu;
-        o->cv = &cv;
-        o->n_final = &n_final;
-        ql_engine_request_t r = ql_engine_request_default();
-        r.prompt = prompt;
-        r.n_prompt = D_PROMPT;
-        r.sampling = sp;
-        r.sampling.seed = 1000 + (uint64_t)i;
-        r.max_tokens = 3;
-        r.ignore_eos = 1;
-        r.on_event = on_event;
-        r.user_data = o;
-        if (ql_engine_submit(e, &r, NULL, err, sizeof err) != 0) fail_msg("submit: %s", err);
-    }
-    pthread_mutex_lock(&mu);
-    while (n_final < D_N) pthread_cond_wait(&cv, &mu);
-    pthread_mutex_unlock(&mu);
-    ql_engine_free(e);
+    check_sampled(be, tok, prompt, &sp, QL_ENGINE_SPEC_NGRAM, joint, n_cells, p1, top2, top3);
+    check_sampled(be, tok, prompt, &sp, QL_ENGINE_SPEC_LAYERSKIP, joint, n_cells, p1, top2, top3);
     ql_backend_free(be);
 
-    static int counts[D_VOCAB * 4 * 4];
-    int drafted = 0, accepted = 0;
-    for (int i = 0; i < D_N; i++) {
-        const out_t *o = &outs[i];
-        assert_int_equal(o->final_kind, QL_ENGINE_EVENT_FINISHED);
-        assert_int_equal(o->n_tokens, 3);
-        drafted += o->stats.n_draft_tokens;
-        accepted += o->stats.n_accepted_tokens;
-        int32_t t1 = o->tokens[0], r2 = -1, r3 = -1;
-        if (p1[t1] <= 0.0f) fail_msg("request %d: first token %d has p = 0", i, (int)t1);
-        for (int k = 0; k < 4; k++)
-            if (top2[t1][k] == o->tokens[1]) r2 = k;
-        if (r2 < 0) fail_msg("request %d: second token %d has p = 0", i, (int)o->tokens[1]);
-        for (int k = 0; k < 4; k++)
-            if (top3[t1][r2][k] == o->tokens[2]) r3 = k;
-        if (r3 < 0) fail_msg("request %d: third token %d has p = 0", i, (int)o->tokens[2]);
-        counts[(t1 * 4 + r2) * 4 + r3]++;
-    }
-    double x = 0.0;
-    for (int c = 0; c < D_VOCAB * 16; c++) {
-        if (joint[c] <= 0.0) continue;
-        double ex = joint[c] * D_N;
-        x += (counts[c] - ex) * (counts[c] - ex) / ex;
-    }
-    printf("    %d cells, chi2 %.1f (0.999 quantile %.1f); %d drafted, %d accepted\n", n_cells, x,
-           chi2_q999(n_cells - 1), drafted, accepted);
-    assert_true(x < chi2_q999(n_cells - 1));
-    assert_true(accepted >= 200 && drafted - accepted >= 200); /* both paths, often */
-    pthread_mutex_destroy(&mu);
-    pthread_cond_destroy(&cv);
     ql_tok_free(tok);
+    ql_gguf_free(g);
+    unlink(path);
+}
+
+/* ql_batch_t.n_layers on the CPU backend: all layers = 0, fewer layers = other logits (the
+ * first layers and the head), out of range refused */
+static void test_layer_limit(void **state) {
+    (void)state;
+    char err[256], path[] = "/tmp/quill-test-spec-ll-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    ql_mkmodel_params_t mp;
+    memset(&mp, 0, sizeof(mp));
+    assert_int_equal(ql_mkmodel_shape_get("tiny", &mp.shape), 0);
+    mp.seed = 5;
+    mp.wtype = QL_DTYPE_F32;
+    ql_mkmodel_t *m = NULL;
+    if (ql_mkmodel_init(&mp, &m, err, sizeof err) != 0) fail_msg("mkmodel: %s", err);
+    if (ql_mkmodel_write(m, path, err, sizeof err) != 0) fail_msg("mkmodel: %s", err);
+    ql_mkmodel_free(m);
+    ql_gguf_t *g = NULL;
+    if (ql_gguf_open(path, &g, err, sizeof err) != 0) fail_msg("gguf: %s", err);
+    ql_backend_t *be = open_backend(g, 8, 8);
+    const int32_t n_vocab = ql_backend_info(be)->n_vocab, n_layer = ql_backend_info(be)->kv.n_layer;
+    assert_int_equal(n_layer, 2);
+    const int32_t toks[5] = {1, 40, 41, 42, 43}, pos[5] = {0, 1, 2, 3, 4}, seq[5] = {0};
+    const int32_t table[1] = {0}, *tables[1] = {table}, nb = 1, len = 5, row = 4;
+    float *l0 = malloc((size_t)n_vocab * sizeof(float)), *l1 = malloc((size_t)n_vocab * 4),
+          *l2 = malloc((size_t)n_vocab * 4);
+    ql_batch_t b = {.n_tokens = 5, .tokens = toks, .pos = pos, .seq_of_token = seq, .n_seqs = 1,
+                    .block_tables = tables, .n_blocks = &nb, .seq_len = &len,
+                    .logits_rows = &row, .n_logits = 1};
+    assert_int_equal(ql_backend_forward(be, &b, l0), 0);
+    b.n_layers = n_layer;
+    assert_int_equal(ql_backend_forward(be, &b, l2), 0);
+    assert_memory_equal(l0, l2, (size_t)n_vocab * sizeof(float));
+    b.n_layers = 1;
+    assert_int_equal(ql_backend_forward(be, &b, l1), 0);
+    assert_true(memcmp(l0, l1, (size_t)n_vocab * sizeof(float)) != 0);
+    /* the full forward again: what the one-layer run wrote did not disturb it */
+    b.n_layers = 0;
+    assert_int_equal(ql_backend_forward(be, &b, l2), 0);
+    assert_memory_equal(l0, l2, (size_t)n_vocab * sizeof(float));
+    b.n_layers = n_layer + 1;
+    assert_int_equal(ql_backend_forward(be, &b, l2), QL_EINVAL);
+    b.n_layers = -1;
+    assert_int_equal(ql_backend_forward(be, &b, l2), QL_EINVAL);
+    free(l0);
+    free(l1);
+    free(l2);
+    ql_backend_free(be);
     ql_gguf_free(g);
     unlink(path);
 }
@@ -480,6 +581,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_greedy_identity),
         cmocka_unit_test(test_distribution),
+        cmocka_unit_test(test_layer_limit),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
