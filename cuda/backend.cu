@@ -363,8 +363,14 @@ static int enqueue_step(cuda_backend_t *be, const step_shape_t *sh) {
 
 /* ---- graphs ---- */
 
+/* The context bound of a step: the next power of two (at least 2^QL_CUDA_CTX_MIN_LOG2) minus
+ * one, capped at n_ctx − 1; returns its bucket index. NOTE(ctx-min): a bound above the real
+ * positions costs nothing while the attention does not split (it never loads keys past a
+ * token's own position), and it splits only past 256 keys per split, so contexts up to 256
+ * share one graph. */
+#define QL_CUDA_CTX_MIN_LOG2 8
 static int ctx_bucket(int32_t max_pos, int32_t n_ctx, int32_t *bound) {
-    int k = 0;
+    int k = QL_CUDA_CTX_MIN_LOG2;
     while (k < QL_CUDA_N_CTX_BUCKETS - 1 && ((int64_t)1 << k) < (int64_t)max_pos + 1) k++;
     int64_t b = ((int64_t)1 << k) - 1;
     if (b > n_ctx - 1) b = n_ctx - 1;

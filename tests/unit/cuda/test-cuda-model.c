@@ -283,8 +283,9 @@ static double step_both(ql_backend_t *cpu, ql_backend_t *gpu, const batch_t *b, 
 /* ---- tests ---- */
 
 /* Prefill chunks, mixed batches (chunks beside decode tokens, several logits rows of one
- * sequence as in a speculative verify), shuffled block tables, then decode steps (the graph
- * path on CUDA), each token fed to both backends the same (the CPU's argmax). */
+ * sequence as in a speculative verify), shuffled block tables, a context past 256 keys (the
+ * attention splits it), then decode steps (the graph path on CUDA), each token fed to both
+ * backends the same (the CPU's argmax). */
 static void run_parity(const ql_mkmodel_shape_t *shape, uint64_t seed) {
     model_t m;
     model_make(shape, seed, &m);
@@ -294,12 +295,20 @@ static void run_parity(const ql_mkmodel_shape_t *shape, uint64_t seed) {
     float *lc = malloc(sizeof(float) * MAX_TOK * V), *lg = malloc(sizeof(float) * MAX_TOK * V);
     assert_non_null(lc);
     assert_non_null(lg);
-    seq_t s[3];
-    assign_blocks(s, 3, ql_backend_info(cpu)->kv.n_blocks, seed);
+    seq_t s[4];
+    assign_blocks(s, 4, ql_backend_info(cpu)->kv.n_blocks, seed);
     uint64_t r = seed;
     batch_t b;
     double worst = 0;
-    int32_t next[3];
+    int32_t next[4];
+
+    /* seq 3: 300 tokens in three chunks, logits at the end of each */
+    for (int c = 0; c < 3; c++) {
+        batch_clear(&b);
+        for (int i = 0; i < 100; i++) batch_add(&b, &s[3], (int32_t)(rng_next(&r) % V), i == 99);
+        worst = fmax(worst, step_both(cpu, gpu, &b, lc, lg, V, "long prefill"));
+    }
+    next[3] = argmax(lc, V);
 
     /* step 1: the first chunk of seq 0 (logits of its last row too), all of seq 1 */
     batch_clear(&b);
@@ -319,14 +328,14 @@ static void run_parity(const ql_mkmodel_shape_t *shape, uint64_t seed) {
     next[1] = argmax(lc + (size_t)1 * V, V);
     next[2] = argmax(lc + (size_t)5 * V, V);
 
-    /* decode-only steps: 3 sequences (padded to 4 on CUDA), then 1 and 2 of them */
+    /* decode-only steps: 4 sequences, then 1 and 3 of them (padded to 4 on CUDA) */
     for (int step = 0; step < 40; step++) {
         batch_clear(&b);
-        const int which = step < 20 ? 7 : step < 30 ? 2 : 5; /* bit i: sequence i decodes */
-        for (int i = 0; i < 3; i++)
+        const int which = step < 20 ? 15 : step < 30 ? 2 : 13; /* bit i: sequence i decodes */
+        for (int i = 0; i < 4; i++)
             if (which & (1 << i)) batch_add(&b, &s[i], next[i], 1);
         worst = fmax(worst, step_both(cpu, gpu, &b, lc, lg, V, "decode"));
-        for (int i = 0, row = 0; i < 3; i++)
+        for (int i = 0, row = 0; i < 4; i++)
             if (which & (1 << i)) next[i] = argmax(lc + (size_t)row++ * V, V);
     }
     printf("%s: largest |cuda - cpu| / rms(row) = %.3g\n", shape->name, worst);
@@ -413,8 +422,8 @@ static void test_greedy_identical(void **state) {
 }
 
 /* Decode steps replayed from CUDA graphs give the bits of the same steps run eagerly
- * (QL_CUDA_GRAPHS=0), across batch sizes that pad to 1, 2, 4 and 8 and contexts that cross
- * power-of-two bounds. */
+ * (QL_CUDA_GRAPHS=0), across batch sizes that pad to 1, 2, 4 and 8 and a context that
+ * crosses 256 keys (a second graph per batch size, with split attention). */
 static void test_graph_vs_eager(void **state) {
     (void)state;
     SKIP_WITHOUT_DEVICE();
@@ -435,19 +444,22 @@ static void test_graph_vs_eager(void **state) {
     memcpy(sg, se, sizeof(se));
     uint64_t r = 11;
     batch_t be_, bg;
-    /* prefill: 6 sequences of 3..13 tokens */
-    batch_clear(&be_);
-    batch_clear(&bg);
-    for (int i = 0; i < N; i++)
-        for (int k = 0; k < 3 + 2 * i; k++) {
-            const int32_t tok = (int32_t)(rng_next(&r) % V);
-            batch_add(&be_, &se[i], tok, 0);
-            batch_add(&bg, &sg[i], tok, 0);
-        }
-    ql_batch_t v = batch_view(&be_);
-    assert_int_equal(ql_backend_forward(eg, &v, NULL), 0);
-    v = batch_view(&bg);
-    assert_int_equal(ql_backend_forward(gr, &v, NULL), 0);
+    /* prefill: sequence 0 of 250 tokens (two chunks), the others of 5..13 */
+    ql_batch_t v;
+    for (int c = 0; c < 3; c++) {
+        batch_clear(&be_);
+        batch_clear(&bg);
+        for (int i = c < 2 ? 0 : 1; i < (c < 2 ? 1 : N); i++)
+            for (int k = 0; k < (c < 2 ? 125 : 3 + 2 * i); k++) {
+                const int32_t tok = (int32_t)(rng_next(&r) % V);
+                batch_add(&be_, &se[i], tok, 0);
+                batch_add(&bg, &sg[i], tok, 0);
+            }
+        v = batch_view(&be_);
+        assert_int_equal(ql_backend_forward(eg, &v, NULL), 0);
+        v = batch_view(&bg);
+        assert_int_equal(ql_backend_forward(gr, &v, NULL), 0);
+    }
     static const int sizes[] = {1, 2, 3, 5, 6, 4, 1};
     for (int step = 0; step < 70; step++) {
         const int n = sizes[step % 7];
