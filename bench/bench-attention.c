@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/mman.h>
 
 #include "core/core.h"
 #include "cpu/cpu-internal.h"
@@ -109,7 +110,9 @@ int main(int argc, char **argv) {
                          .n_blocks = o.seqs * per_seq};
     const int64_t elems = ql_kv_layer_elems(&kv);
     const size_t pool_bytes = (size_t)elems * 2 * sizeof(uint16_t) * (size_t)o.layers;
-    uint16_t *pool = malloc(pool_bytes);
+    uint16_t *pool = NULL;
+    if (posix_memalign((void **)&pool, (size_t)2 << 20, pool_bytes)) pool = NULL;
+    if (pool && getenv("THP")) madvise(pool, pool_bytes, MADV_HUGEPAGE);
     int32_t *tables = malloc(sizeof(int32_t) * (size_t)kv.n_blocks);
     const size_t n_q = (size_t)QL_MAX(o.seqs, QL__CPU_ATTN_TILE) * (size_t)o.heads * hd;
     float *q = malloc(sizeof(float) * n_q), *out = malloc(sizeof(float) * n_q);
