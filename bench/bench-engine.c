@@ -7,7 +7,7 @@
  *
  *   bench-engine [--model M] [--threads N] [--concurrency 1,8,32,64] [--input-len 128]
  *                [--output-len 128] [--reps 3] [--warmup 1] [--shared-prefix N]
- *                [--max-num-seqs N] [--max-batched-tokens 2048] [--kv-cache-mib 1024]
+ *                [--max-num-seqs N] [--max-batched-tokens 512] [--kv-cache-mib 1024]
  *                [--block-size 16] [--no-prefix-cache] [--json PATH]
  *
  * One run at concurrency C submits C requests at once (a burst: every request is in the inbox
@@ -37,7 +37,7 @@
  *
  * The model defaults to $QL_DEFAULT_MODEL, then ~/.cache/quill/SmolLM2-135M-Instruct.Q4_1.gguf.
  * The engine limits default to `quill serve`'s (max-num-seqs 64 or the largest concurrency,
- * max-batched-tokens 2048, a 1 GiB KV pool of 16-token blocks). QL_CPU_ISA picks a kernel path.
+ * max-batched-tokens 512, a 1 GiB KV pool of 16-token blocks). QL_CPU_ISA picks a kernel path.
  */
 #include <pthread.h>
 #include <stddef.h>
@@ -98,7 +98,7 @@ static int parse(int argc, char **argv, opts_t *o) {
     o->output_len = 128;
     o->reps = 3;
     o->warmup = 1;
-    o->max_batched_tokens = 2048;
+    o->max_batched_tokens = 512; /* quill serve's default (config/config.c) */
     o->kv_cache_mib = 1024;
     o->block_size = 16;
     const int def_conc[] = {1, 8, 32, 64};

@@ -114,7 +114,7 @@ static const opt_t k_opts[] = {
      "tokens per KV cache block"},
     {"max-num-seqs", 0, OPT_INT, OFF(max_num_seqs), 1, 4096, NULL, "64", CMD_ENGINE, 0, "N",
      "sequences in one batch at most"},
-    {"max-batched-tokens", 0, OPT_INT, OFF(max_batched_tokens), 1, 1048576, NULL, "2048", CMD_ENGINE, 0, "N",
+    {"max-batched-tokens", 0, OPT_INT, OFF(max_batched_tokens), 1, 1048576, NULL, "512", CMD_ENGINE, 0, "N",
      "tokens in one engine step at most (prefill chunks + decodes)"},
     {"max-model-len", 0, OPT_INT, OFF(max_model_len), 0, 1048576, NULL, "0", CMD_ENGINE, 0, "N",
      "context length (prompt + output); 0 = the model's own"},

@@ -58,7 +58,7 @@ static void test_defaults(void **state) {
     assert_int_equal(f->c.port, 8000);
     assert_int_equal(f->c.block_size, 16);
     assert_int_equal(f->c.max_num_seqs, 64);
-    assert_int_equal(f->c.max_batched_tokens, 2048);
+    assert_int_equal(f->c.max_batched_tokens, 512);
     assert_int_equal(f->c.kv_cache_bytes, 1ull << 30);
     assert_int_equal(f->c.max_request_bytes, 4ull << 20);
     assert_true(f->c.gpu_memory_utilization > 0.89 && f->c.gpu_memory_utilization < 0.91);
