@@ -176,6 +176,7 @@ typedef struct cuda_backend_s {
     int n_buckets;
     cudaGraphExec_t graphs[QL_CUDA_N_BUCKETS][QL_CUDA_N_CTX_BUCKETS];
 
+    long trap_after; /* NOTE(fault-injection): steps before a real device fault; −1 = never */
     int faulted; /* a device error happened: everything fails from now on */
     int hung;    /* a step timed out: teardown skips the device */
     uint64_t step_timeout_ns;
@@ -480,6 +481,20 @@ static int prepare_step(cuda_backend_t *be, const ql_batch_t *b, step_shape_t *s
     return 0;
 }
 
+/* NOTE(fault-injection): with QL_CUDA_TEST_TRAP_AFTER=N in the environment, the step after
+ * the first N starts with a kernel that executes a trap instruction: a real device fault
+ * (the context is lost, every later CUDA call fails), so the tests see what a fault does to
+ * the backend, the engine and `quill serve`. Nothing else reads it. */
+static __global__ void trap_kernel(void) { __trap(); }
+
+static int maybe_trap(cuda_backend_t *be) {
+    if (be->trap_after < 0 || be->trap_after-- > 0) return 0;
+    QL_LOG_WARN("QL_CUDA_TEST_TRAP_AFTER: a device fault now (a test)");
+    trap_kernel<<<1, 1, 0, be->stream>>>();
+    QL_CU(cudaGetLastError());
+    return 0;
+}
+
 static int fault(cuda_backend_t *be, int rc) {
     if (rc == QL_ECUDA || rc == QL_EINTERNAL) {
         if (!be->faulted) QL_LOG_ERROR("CUDA backend faulted: every later step fails");
@@ -502,7 +517,8 @@ static int check_batch(cuda_backend_t *be, const ql_batch_t *b) {
 static int run_step(cuda_backend_t *be, const ql_batch_t *b) {
     step_shape_t sh;
     int bucket, cbucket;
-    int rc = prepare_step(be, b, &sh, &bucket, &cbucket);
+    int rc = maybe_trap(be);
+    if (rc == 0) rc = prepare_step(be, b, &sh, &bucket, &cbucket);
     if (rc) return rc;
     return launch_step(be, &sh, bucket, cbucket);
 }
@@ -921,6 +937,7 @@ extern "C" int ql_cuda_backend_init(const ql_gguf_t *g, const ql_backend_params_
         const char *gv = getenv("QL_CUDA_GRAPHS");
         be->graphs_on = !(gv && strcmp(gv, "0") == 0);
         be->step_timeout_ns = (uint64_t)(env_double("QL_CUDA_STEP_TIMEOUT_MS", 120000.0) * 1e6);
+        be->trap_after = (long)env_double("QL_CUDA_TEST_TRAP_AFTER", -1.0);
         be->device = 0;
         if ((rc = init_device(be)) != 0) {
             ql_errf(err, errlen, "cannot set up CUDA device 0 (stream, cuBLAS)");

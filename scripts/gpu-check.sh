@@ -6,7 +6,8 @@
 #   OUTDIR/device.txt    nvidia-smi, the toolkit, the machine
 #   OUTDIR/build.log     configure (CUDA on, the card's architecture) and build
 #   OUTDIR/tests.log     the GPU tests (ctest -L gpu: device, kernels against the CPU
-#                        reference, the whole model CUDA vs CPU) and the CPU-only CUDA tests
+#                        reference, the whole model CUDA vs CPU, a device fault), the CPU-only
+#                        CUDA tests, and quill serve --backend cuda (tests/integration/test_cuda.py)
 #   OUTDIR/mkmodel.log   `quill mkmodel` of the smollm2-135m (f16) and llama-3.1-8b (q4_0,
 #                        dequantized to f16 at upload) shapes, into a temporary folder
 #   OUTDIR/bench.log     bench-gpu on both: prefill tok/s, decode tok/s at batch 1, 8, 64, 256,
@@ -30,6 +31,7 @@ OUT=$(cd "$1" && pwd)
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT" || exit 2
 BUILD=${QL_GPU_CHECK_BUILD:-build-gpu-check}
+case $BUILD in /*) BUILD_ABS=$BUILD ;; *) BUILD_ABS=$ROOT/$BUILD ;; esac
 JOBS=${QL_GPU_CHECK_JOBS:-$(nproc 2>/dev/null || echo 4)}
 T0=$(date +%s)
 DEADLINE=$((T0 + ${QL_GPU_CHECK_DEADLINE_S:-470}))
@@ -153,8 +155,14 @@ fi
 # ---- tests ----
 : >"$OUT/tests.log"
 if [ $BUILT -eq 1 ] && [ -f "$BUILD/CTestTestfile.cmake" ]; then
-    step tests-gpu "$OUT/tests.log" 150 120 ctest --test-dir "$BUILD" -L gpu --output-on-failure -j 2
+    step tests-gpu "$OUT/tests.log" 150 120 ctest --test-dir "$BUILD" -L gpu -LE integration --output-on-failure -j 2
     step tests-cuda-cpu "$OUT/tests.log" 30 110 ctest --test-dir "$BUILD" -R '^cuda' -LE gpu --output-on-failure
+    # quill serve on the device, and a real device fault through the server; straight with
+    # python3 (run.sh would first try to pip-install the openai SDK, which these tests do not use)
+    if [ -x "$BUILD/quill" ] && [ $HAVE_GPU -eq 1 ]; then
+        step tests-serve-cuda "$OUT/tests.log" 90 100 env PYTHONDONTWRITEBYTECODE=1 python3 \
+            tests/integration/test_cuda.py "$BUILD_ABS/quill"
+    fi
 else
     say "tests: skipped (no test build)"
     echo "tests skipped 0" >>"$STEPS"
