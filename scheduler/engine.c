@@ -36,6 +36,9 @@ typedef struct choice_s {
     float spec_alpha;      /* measured acceptance of this choice's drafts (NOTE(spec)) */
     int32_t spec_cand;     /* its index among this step's drafting choices (layerskip: its q
                               rows), -1 when it drafts nothing */
+    int32_t dseq;          /* draft model: its sequence in the draft's block manager, or -1 */
+    int32_t d_valid;       /* draft model: positions of that sequence whose KV holds known
+                              tokens (the rest are drafts not yet verified) */
 } choice_t;
 
 struct ereq_s {
@@ -111,6 +114,13 @@ struct ql_engine_s {
     int32_t *ls_base;        /* [max_num_seqs] the choice's known tokens when drafting began */
     int32_t *ls_cnb;         /* [max_num_seqs] entries of the choice's draft block table */
     int32_t n_layer;         /* the backend's layers */
+    /* draft model (NOTE(draft-model)) */
+    ql_backend_t *dbe;
+    ql_kv_t *dkv;            /* the draft's block manager, over dbe's pool */
+    double spec_draft_frac;  /* a drafted token's forward cost relative to the target's */
+    int32_t d_batch_max;     /* tokens per draft forward */
+    int32_t *d_tokens, *d_pos, *d_seq; /* [d_batch_max] */
+    int32_t *d_rowof;        /* [max_num_seqs] the logits row of each drafting choice, or -1 */
     float *spec_q;           /* [max_num_seqs][spec_k][n_vocab] draft distributions */
     char *text;              /* the event text being built */
     size_t text_len, text_cap;
@@ -196,9 +206,19 @@ static void live_unlink(ql_engine_t *e, ereq_t *r) {
 
 /* Drops every sequence the request holds and moves it to the graveyard (freed after the pass
  * that ended it, so that pointers taken earlier in the pass stay valid). */
+/* A choice ended: its draft model sequence goes too. */
+static void draft_close(ql_engine_t *e, choice_t *c) {
+    if (c->dseq < 0) return;
+    int rc = ql_kv_seq_close(e->dkv, c->dseq);
+    QL_ASSERT(rc == 0);
+    c->dseq = -1;
+    c->d_valid = 0;
+}
+
 static void req_retire(ql_engine_t *e, ereq_t *r) {
     for (int32_t i = 0; i < r->n_choices; i++) {
         choice_t *c = &r->choices[i];
+        draft_close(e, c);
         if (c->seq >= 0) {
             int rc = ql_sched_remove(e->sched, c->seq);
             QL_ASSERT(rc == 0);
@@ -384,6 +404,7 @@ static int emit_token(ql_engine_t *e, choice_t *c, int32_t tok, const ql_sample_
 
     if (finish == QL_FINISH_REASON_NONE) return 0;
     r->reasons[c->index] = finish;
+    draft_close(e, c);
     rc = ql_sched_remove(e->sched, c->seq);
     QL_ASSERT(rc == 0);
     c->seq = -1;
@@ -465,9 +486,155 @@ static void spec_note(ql_engine_t *e, choice_t *c, int32_t n_draft, int32_t n_ac
  * verify then recomputes every layer at the drafted positions in the sequence's own blocks;
  * the scratch blocks are simply overwritten next step: rolling the draft back costs nothing. */
 
+/* Picks drafting choice i's draft r from the draft's logits `row` (its history: the `base`
+ * known tokens, then drafts 0..r-1): the greedy token, or a sample from q, which is processed as
+ * p will be (same parameters, same bans at this position) and kept for the verify. Hands the
+ * drafts so far to the scheduler. @return 0, or -1: no draft here (stop this choice's drafts). */
+static int draft_pick(ql_engine_t *e, int32_t i, int32_t r, int32_t base, const float *row) {
+    choice_t *c = e->spec_cand[i];
+    ereq_t *rq = c->req;
+    const size_t n_vocab = (size_t)e->lim.n_vocab;
+    int32_t *d = e->spec_buf + (size_t)i * QL_SPEC_K_MAX;
+    ql_sched_seq_info_t info;
+    ql_sched_seq_info(e->sched, c->seq, &info); /* tokens then the drafts so far */
+    const ql_sampling_history_t hist = {
+        .tokens = info.tokens, .n_tokens = base + r, .n_prompt = info.n_prompt};
+    const ql_sampling_params_t saved = c->sampler.params;
+    c->sampler.params.logprobs = 0;
+    c->sampler.params.top_logprobs = 0;
+    c->sampler.params.n_logit_bias =
+        c->bans_on ? bias_count_at(rq, c, c->n_generated + r) : rq->n_bias_user;
+    int32_t tok = -1;
+    int rc;
+    if (c->sampler.params.temperature == 0.0f) {
+        ql_sample_result_t res;
+        rc = ql_sampler_sample(&c->sampler, e->ws, row, &hist, &res);
+        tok = res.token;
+    } else {
+        float *q = e->spec_q + ((size_t)i * e->spec_k + r) * n_vocab;
+        rc = ql_sampler_probs(&c->sampler, e->ws, row, &hist, q);
+        if (rc == 0) tok = ql_spec_sample_probs(q, (int32_t)n_vocab, ql_sampler_uniform(&c->sampler));
+    }
+    c->sampler.params = saved;
+    if (rc != 0 || tok < 0) return -1;
+    d[r] = tok;
+    return ql_sched_set_draft(e->sched, c->seq, d, r + 1) == r + 1 ? 0 : -1;
+}
+
+/* NOTE(draft-model): a second model drafts. Each drafting choice has a sequence in the draft's
+ * own block manager (dkv, over the draft backend's pool, no prefix cache) holding the draft's
+ * KV of its known tokens: round 0 feeds what the draft has not seen yet (the whole prompt the
+ * first time, then the tokens accepted since), the next rounds one draft each. After the
+ * verify, the draft's sequence is truncated to the positions that hold known tokens (the
+ * accepted drafts stay: their KV is the draft's KV of those very tokens), so rollback is the
+ * same truncation as the target's. A choice whose catch-up does not fit this step's draft batch
+ * catches up over several steps and drafts once it is level; one the draft's pool cannot hold
+ * drops its draft sequence and does not speculate until blocks free up. */
+static void spec_draft_model(ql_engine_t *e, int32_t n) {
+    const size_t n_vocab = (size_t)e->lim.n_vocab;
+    int32_t k_max = 0;
+    for (int32_t i = 0; i < n; i++) k_max = QL_MAX(k_max, e->spec_kplan[i]);
+    int rc = 0;
+    for (int32_t r = 0; r < k_max && rc == 0; r++) {
+        int32_t nt = 0, ns = 0, budget = e->d_batch_max;
+        for (int32_t i = 0; i < n; i++) {
+            e->d_rowof[i] = -1;
+            if (e->spec_kplan[i] <= r) continue;
+            choice_t *c = e->spec_cand[i];
+            ql_sched_seq_info_t info;
+            ql_sched_seq_info(e->sched, c->seq, &info);
+            const int32_t base = e->ls_base[i];
+            if (r == 0 && c->dseq < 0) {
+                if (ql_kv_seq_open(e->dkv, NULL, 0, &c->dseq) != 0) {
+                    c->dseq = -1;
+                    e->spec_kplan[i] = 0;
+                    continue;
+                }
+                c->d_valid = 0;
+            }
+            int32_t have = ql_kv_seq_n_tokens(e->dkv, c->dseq);
+            if (r == 0 && have > c->d_valid) { /* drafts of a step that verified none */
+                ql_kv_seq_truncate(e->dkv, c->dseq, c->d_valid);
+                have = c->d_valid;
+            }
+            /* feed: round 0 the known tokens the draft lacks, later rounds the last draft */
+            const int32_t from = r == 0 ? have : base - 1 + r;
+            int32_t cnt = r == 0 ? base - have : 1;
+            if (cnt > budget - (n - i - 1) || cnt <= 0) { /* catch up partly, draft later */
+                cnt = QL_MIN(cnt, budget - (n - i - 1));
+                e->spec_kplan[i] = 0;
+                if (cnt <= 0) continue;
+            }
+            ql_kv_copy_t cp;
+            const int32_t *src = info.tokens + from; /* drafts follow the known tokens there */
+            int arc = ql_kv_seq_append(e->dkv, c->dseq, src, cnt, &cp);
+            if (arc != 0) { /* the draft's pool is full: give this choice's draft KV back */
+                draft_close(e, c);
+                e->spec_kplan[i] = 0;
+                continue;
+            }
+            QL_ASSERT(cp.src < 0); /* a private sequence, never forked: no copy-on-write */
+            int32_t nb;
+            const int32_t *tbl = ql_kv_seq_block_table(e->dkv, c->dseq, &nb);
+            for (int32_t j = 0; j < cnt; j++) {
+                e->d_tokens[nt + j] = src[j];
+                e->d_pos[nt + j] = from + j;
+                e->d_seq[nt + j] = ns;
+            }
+            e->ls_tptr[ns] = tbl;
+            e->ls_nblocks[ns] = nb;
+            e->ls_seqlen[ns] = from + cnt;
+            e->ls_cnb[ns] = i; /* which choice */
+            if (e->spec_kplan[i] > r) {
+                e->d_rowof[i] = ns;
+                e->ls_rows[ns] = nt + cnt - 1;
+            } else {
+                e->ls_rows[ns] = -1;
+            }
+            nt += cnt;
+            budget -= cnt;
+            ns++;
+        }
+        if (ns == 0) break;
+        /* logits rows: the sequences that draft, in order */
+        int32_t nl = 0;
+        for (int32_t j = 0; j < ns; j++)
+            if (e->ls_rows[j] >= 0) {
+                e->d_rowof[e->ls_cnb[j]] = nl;
+                e->ls_rows[nl++] = e->ls_rows[j];
+            }
+        ql_batch_t b = {.n_tokens = nt, .tokens = e->d_tokens, .pos = e->d_pos,
+                        .seq_of_token = e->d_seq, .n_seqs = ns, .block_tables = e->ls_tptr,
+                        .n_blocks = e->ls_nblocks, .seq_len = e->ls_seqlen,
+                        .logits_rows = e->ls_rows, .n_logits = nl};
+        rc = ql_backend_forward(e->dbe, &b, e->logits);
+        if (rc != 0) break;
+        for (int32_t j = 0; j < ns; j++) {
+            choice_t *c = e->spec_cand[e->ls_cnb[j]];
+            int src = ql_kv_seq_set_computed(e->dkv, c->dseq, e->ls_seqlen[j]);
+            QL_ASSERT(src == 0);
+            if (r == 0) c->d_valid = QL_MIN(e->ls_seqlen[j], e->ls_base[e->ls_cnb[j]]);
+        }
+        for (int32_t i = 0; i < n; i++) {
+            if (e->d_rowof[i] < 0 || e->spec_kplan[i] <= r) continue;
+            const float *row = e->logits + (size_t)e->d_rowof[i] * n_vocab;
+            if (draft_pick(e, i, r, e->ls_base[i], row) != 0) e->spec_kplan[i] = r;
+            else e->spec_cand[i]->spec_cand = i;
+        }
+    }
+    if (rc != 0) { /* the verify's forward may meet the same failure and report it */
+        QL_LOG_WARN("draft model forward failed (%s): no drafts this step", ql_strerror(rc));
+        for (int32_t i = 0; i < n; i++) {
+            ql_sched_set_draft(e->sched, e->spec_cand[i]->seq, NULL, 0);
+            e->spec_cand[i]->spec_cand = -1;
+            draft_close(e, e->spec_cand[i]); /* its draft KV is not to be trusted */
+        }
+    }
+}
+
 /* Drafts with the target's first layers for e->spec_cand[0, n) (k planned in spec_kplan). */
 static void spec_draft_layerskip(ql_engine_t *e, int32_t n) {
-    const int32_t bs = e->lim.block_size, K = e->spec_k;
+    const int32_t bs = e->lim.block_size;
     const size_t n_vocab = (size_t)e->lim.n_vocab;
     int32_t n_copy = 0, k_max = 0;
     for (int32_t i = 0; i < n; i++) {
@@ -521,39 +688,8 @@ static void spec_draft_layerskip(ql_engine_t *e, int32_t n) {
         int32_t t = 0;
         for (int32_t i = 0; i < n; i++) {
             if (e->spec_kplan[i] <= r) continue;
-            choice_t *c = e->spec_cand[i];
-            ereq_t *rq = c->req;
             const float *row = e->logits + (size_t)t++ * n_vocab;
-            int32_t *d = e->spec_buf + (size_t)i * QL_SPEC_K_MAX;
-            ql_sched_seq_info_t info;
-            ql_sched_seq_info(e->sched, c->seq, &info); /* tokens then the drafts so far */
-            const ql_sampling_history_t hist = {
-                .tokens = info.tokens, .n_tokens = e->ls_base[i] + r, .n_prompt = info.n_prompt};
-            /* q is processed as p will be: same parameters, same bans at this position */
-            const ql_sampling_params_t saved = c->sampler.params;
-            c->sampler.params.logprobs = 0;
-            c->sampler.params.top_logprobs = 0;
-            c->sampler.params.n_logit_bias =
-                c->bans_on ? bias_count_at(rq, c, c->n_generated + r) : rq->n_bias_user;
-            int32_t tok = -1;
-            int src;
-            if (c->sampler.params.temperature == 0.0f) {
-                ql_sample_result_t res;
-                src = ql_sampler_sample(&c->sampler, e->ws, row, &hist, &res);
-                tok = res.token;
-            } else {
-                float *q = e->spec_q + ((size_t)i * K + r) * n_vocab;
-                src = ql_sampler_probs(&c->sampler, e->ws, row, &hist, q);
-                if (src == 0)
-                    tok = ql_spec_sample_probs(q, (int32_t)n_vocab, ql_sampler_uniform(&c->sampler));
-            }
-            c->sampler.params = saved;
-            if (src != 0 || tok < 0) { /* nothing to draft here: stop this choice's drafts */
-                e->spec_kplan[i] = r;
-                continue;
-            }
-            d[r] = tok;
-            if (ql_sched_set_draft(e->sched, c->seq, d, r + 1) != r + 1) e->spec_kplan[i] = r;
+            if (draft_pick(e, i, r, e->ls_base[i], row) != 0) e->spec_kplan[i] = r;
         }
     }
     if (rc != 0) { /* the verify's forward will meet the same failure and report it */
@@ -605,10 +741,8 @@ static void spec_propose(ql_engine_t *e) {
     } else {
         /* a layerskip draft token costs its share of a forward of spec_layers layers */
         double draft_s = 0.0;
-        if (layerskip) {
-            const double frac = (double)e->spec_layers / (double)e->n_layer;
-            draft_s = frac * (e->spec_cost.c_s + e->spec_cost.t0_s / (double)n_cand);
-        }
+        if (e->spec_draft_frac > 0.0)
+            draft_s = e->spec_draft_frac * (e->spec_cost.c_s + e->spec_cost.t0_s / (double)n_cand);
         ql_spec_plan(&e->spec_cost, n_decode + e->last_prefill_tokens, (double)n_decode, n_cand,
                      e->spec_alphas, e->spec_kmax, draft_s, e->spec_kplan);
     }
@@ -619,6 +753,15 @@ static void spec_propose(ql_engine_t *e) {
     }
     if (layerskip) {
         spec_draft_layerskip(e, n_cand);
+        return;
+    }
+    if (e->spec_method == QL_ENGINE_SPEC_DRAFT) {
+        for (int32_t i = 0; i < n_cand; i++) {
+            ql_sched_seq_info_t info;
+            ql_sched_seq_info(e->sched, e->spec_cand[i]->seq, &info);
+            e->ls_base[i] = info.n_tokens;
+        }
+        spec_draft_model(e, n_cand);
         return;
     }
     for (int32_t i = 0; i < n_cand; i++) {
@@ -670,6 +813,12 @@ static void spec_verify(ql_engine_t *e, choice_t *c, const ql_sched_item_t *it) 
     e->spec_n_draft_tokens += (uint64_t)k;
     e->spec_n_accepted += (uint64_t)m;
     spec_note(e, c, k, m);
+    if (c->dseq >= 0) { /* the draft model's KV: the same rollback (NOTE(draft-model)) */
+        int32_t have = ql_kv_seq_n_tokens(e->dkv, c->dseq);
+        c->d_valid = QL_MIN(have, info.n_tokens + m);
+        int trc = ql_kv_seq_truncate(e->dkv, c->dseq, c->d_valid);
+        QL_ASSERT(trc == 0);
+    }
     rc = ql_sched_spec_commit(e->sched, c->seq, m);
     if (rc == 0) rc = ql_sched_push_token(e->sched, c->seq, out[m]);
     if (rc != 0) {
@@ -899,6 +1048,11 @@ static void spec_free(ql_engine_t *e) {
     free(e->ls_base);
     free(e->ls_cnb);
     free(e->spec_q);
+    ql_kv_free(e->dkv);
+    free(e->d_tokens);
+    free(e->d_pos);
+    free(e->d_seq);
+    free(e->d_rowof);
 }
 
 int ql_engine_init(const ql_engine_params_t *p, ql_backend_t *be, const ql_tok_t *tok,
@@ -921,10 +1075,15 @@ int ql_engine_init(const ql_engine_params_t *p, ql_backend_t *be, const ql_tok_t
         ql_errf(err, errlen, "engine: a speculative decoding parameter is out of range");
         return QL_EINVAL;
     }
-    if (p->spec_method == QL_ENGINE_SPEC_DRAFT) {
-        ql_errf(err, errlen, "engine: speculative method 'draft' (a draft model) is not built yet "
-                             "(use ngram or layerskip)");
-        return QL_EUNSUPPORTED;
+    const ql_backend_info_t *dbi = p->draft_backend ? ql_backend_info(p->draft_backend) : NULL;
+    if ((p->spec_method == QL_ENGINE_SPEC_DRAFT) != (dbi != NULL)) {
+        ql_errf(err, errlen, "engine: a draft backend goes with spec_method draft, and only then");
+        return QL_EINVAL;
+    }
+    if (dbi && dbi->n_vocab != bi->n_vocab) {
+        ql_errf(err, errlen, "engine: the draft model's vocabulary (%d tokens) differs from the "
+                             "target's (%d)", (int)dbi->n_vocab, (int)bi->n_vocab);
+        return QL_EINVAL;
     }
     const int32_t spec_k = p->spec_method ? (p->spec_k ? p->spec_k : 4) : 0;
     const int32_t spec_layers = p->spec_layers ? p->spec_layers : 4;
@@ -965,6 +1124,14 @@ int ql_engine_init(const ql_engine_params_t *p, ql_backend_t *be, const ql_tok_t
     }
     lim.max_model_len = p->max_model_len ? p->max_model_len : bi->n_ctx_max;
     lim.max_model_len = QL_MIN(lim.max_model_len, bi->n_ctx_max);
+    if (dbi) { /* the draft must hold every sequence and batch the target does */
+        lim.max_num_seqs = QL_MIN(lim.max_num_seqs, QL_MIN(dbi->n_seqs_max, dbi->n_logits_max));
+        if (dbi->n_ctx_max < lim.max_model_len) {
+            QL_LOG_WARN("max_model_len %d capped by the draft model's context (%d)",
+                        (int)lim.max_model_len, (int)dbi->n_ctx_max);
+            lim.max_model_len = dbi->n_ctx_max;
+        }
+    }
     int64_t pool_tokens = (int64_t)lim.n_blocks * bi->kv.block_size;
     if (lim.max_model_len > pool_tokens + 1) {
         QL_LOG_WARN("max_model_len %d exceeds what the KV pool holds (%lld tokens): capped",
@@ -989,6 +1156,11 @@ int ql_engine_init(const ql_engine_params_t *p, ql_backend_t *be, const ql_tok_t
     e->n_layer = bi->kv.n_layer;
     e->ls_per = ls_per;
     e->ls_scratch0 = lim.n_blocks;
+    e->dbe = p->draft_backend;
+    if (p->spec_method == QL_ENGINE_SPEC_LAYERSKIP)
+        e->spec_draft_frac = (double)spec_layers / (double)bi->kv.n_layer;
+    else if (dbi && bi->weight_bytes > 0)
+        e->spec_draft_frac = (double)dbi->weight_bytes / (double)bi->weight_bytes;
     e->spec_ngram_min = p->spec_ngram_min ? p->spec_ngram_min : 1;
     e->spec_ngram_max = QL_MAX(p->spec_ngram_max ? p->spec_ngram_max : 3, e->spec_ngram_min);
     e->spec_layers = spec_layers;
@@ -1052,9 +1224,27 @@ int ql_engine_init(const ql_engine_params_t *p, ql_backend_t *be, const ql_tok_t
             !e->spec_kmax || !e->spec_kplan)
             goto fail;
     }
-    if (e->spec_method == QL_ENGINE_SPEC_LAYERSKIP) {
+    if (e->spec_method == QL_ENGINE_SPEC_DRAFT) {
+        ql_kv_params_t dp = ql_kv_params_default();
+        dp.n_blocks = dbi->kv.n_blocks;
+        dp.block_size = dbi->kv.block_size;
+        dp.n_seq_max = lim.max_num_seqs;
+        dp.n_tokens_max = lim.max_model_len;
+        dp.prefix_cache = 0;
+        if ((rc = ql_kv_init(&dp, &e->dkv)) != 0) goto fail;
+        rc = QL_ENOMEM;
+        e->d_batch_max = dbi->n_batch_tokens_max;
+        e->d_tokens = calloc((size_t)e->d_batch_max, sizeof(int32_t));
+        e->d_pos = calloc((size_t)e->d_batch_max, sizeof(int32_t));
+        e->d_seq = calloc((size_t)e->d_batch_max, sizeof(int32_t));
+        e->d_rowof = calloc((size_t)lim.max_num_seqs, sizeof(int32_t));
+        if (!e->d_tokens || !e->d_pos || !e->d_seq || !e->d_rowof) goto fail;
+    }
+    if (e->spec_method == QL_ENGINE_SPEC_LAYERSKIP || e->spec_method == QL_ENGINE_SPEC_DRAFT) {
         const size_t ns = (size_t)lim.max_num_seqs;
-        e->ls_tbl_w = (lim.max_model_len + lim.block_size - 1) / lim.block_size + ls_per;
+        e->ls_tbl_w = e->spec_method == QL_ENGINE_SPEC_LAYERSKIP
+                          ? (lim.max_model_len + lim.block_size - 1) / lim.block_size + ls_per
+                          : 1;
         e->ls_tables = calloc(ns * (size_t)e->ls_tbl_w, sizeof(int32_t));
         e->ls_tptr = calloc(ns, sizeof(*e->ls_tptr));
         e->ls_tokens = calloc(ns, sizeof(int32_t));
@@ -1099,6 +1289,7 @@ int ql_engine_init(const ql_engine_params_t *p, ql_backend_t *be, const ql_tok_t
                 kp.prefix_cache ? "on" : "off",
                 e->spec_method == QL_ENGINE_SPEC_NGRAM       ? "ngram"
                 : e->spec_method == QL_ENGINE_SPEC_LAYERSKIP ? "layerskip"
+                : e->spec_method == QL_ENGINE_SPEC_DRAFT     ? "draft model"
                                                              : "off",
                 (int)e->spec_k);
     *out = e;
@@ -1324,6 +1515,7 @@ int ql_engine_submit(ql_engine_t *e, const ql_engine_request_t *q, uint64_t *han
         c->index = i;
         c->seq = -1;
         c->spec_alpha = SPEC_ALPHA_PRIOR;
+        c->dseq = -1;
         r->reasons[i] = QL_FINISH_REASON_NONE;
         ql_sampling_params_t sp = r->sampling;
         sp.seed = q->sampling.seed + (uint64_t)i;

@@ -80,11 +80,15 @@ typedef struct ql_engine_params_s {
     int32_t spec_layers;        /* layerskip: the draft runs the first L layers. Default 4 */
     int32_t spec_fixed_k;       /* 1: always draft spec_k (no load adaptation; for tests and
                                    benchmarks of the mechanics) */
+    ql_backend_t *draft_backend; /* QL_ENGINE_SPEC_DRAFT: the draft model's backend, borrowed
+                                   like `be` (same n_vocab; the caller checks the vocabularies
+                                   match token for token). Its own KV pool holds the draft's
+                                   KV; its n_seqs_max and n_logits_max must reach max_num_seqs */
 } ql_engine_params_t;
 
 typedef enum ql_engine_spec_e {
     QL_ENGINE_SPEC_NONE = 0,
-    QL_ENGINE_SPEC_DRAFT = 1,     /* a second model (not built yet: refused) */
+    QL_ENGINE_SPEC_DRAFT = 1,     /* a second, smaller model (draft_backend) */
     QL_ENGINE_SPEC_NGRAM = 2,     /* prompt lookup in the sequence's own tokens */
     QL_ENGINE_SPEC_LAYERSKIP = 3, /* the target's first spec_layers layers and its head */
 } ql_engine_spec_t;

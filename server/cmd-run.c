@@ -177,6 +177,8 @@ int ql_cmd_run(const ql_config_t *cfg) {
     int code = QL_EXIT_FAIL;
     ql_loaded_t m;
     memset(&m, 0, sizeof m);
+    ql_draft_t draft;
+    memset(&draft, 0, sizeof draft);
     ql_engine_t *eng = NULL;
     int32_t *ids = NULL, n_ids = 0;
     run_state_t st;
@@ -205,6 +207,15 @@ int ql_cmd_run(const ql_config_t *cfg) {
         .spec_ngram_max = cfg->spec_ngram_max,
         .spec_layers = cfg->spec_layers,
     };
+    rc = ql__draft_load(cfg, &m, 1, &draft, err, sizeof err);
+    if (rc != 0) {
+        code = fail_line(rc == QL_EINVAL ? QL_EXIT_USAGE : QL_EXIT_FAIL, "%s", err);
+        goto done;
+    }
+    if (draft.backend) { /* --draft-model alone implies --spec-method draft */
+        ep.spec_method = QL_ENGINE_SPEC_DRAFT;
+        ep.draft_backend = draft.backend;
+    }
     rc = ql_engine_init(&ep, m.backend, m.tok, &eng, err, sizeof err);
     if (rc != 0) {
         code = fail_line(QL_EXIT_FAIL, "%s", err[0] ? err : ql_strerror(rc));
@@ -293,6 +304,7 @@ int ql_cmd_run(const ql_config_t *cfg) {
 done:
     ql_engine_free(eng);
     free(ids);
+    ql__draft_free(&draft);
     ql__load_free(&m);
     pthread_cond_destroy(&st.cv);
     pthread_mutex_destroy(&st.mu);

@@ -26,6 +26,9 @@
 static void load_work(uv_work_t *w) {
     ql_srv_t *s = w->data;
     s->load_rc = ql__load_model(s->cfg, 0, &s->model, s->load_err, sizeof s->load_err);
+    if (s->load_rc == 0)
+        s->load_rc = ql__draft_load(s->cfg, &s->model, 0, &s->draft, s->load_err,
+                                    sizeof s->load_err);
 }
 
 static void load_done(uv_work_t *w, int status) {
@@ -52,6 +55,10 @@ static void load_done(uv_work_t *w, int status) {
     ep.disable_prefix_cache = cfg->no_prefix_cache;
     ep.prefix_hash_seed = s->id_rng ^ 0x9e3779b97f4a7c15ull;
     ep.spec_method = cfg->spec_method; /* ql_spec_method_t and ql_engine_spec_t agree */
+    if (s->draft.backend) { /* --draft-model alone implies --spec-method draft */
+        ep.spec_method = QL_ENGINE_SPEC_DRAFT;
+        ep.draft_backend = s->draft.backend;
+    }
     ep.spec_k = cfg->num_speculative_tokens;
     ep.spec_ngram_max = cfg->spec_ngram_max;
     ep.spec_layers = cfg->spec_layers;
@@ -160,6 +167,7 @@ done:
         ql_engine_free(s->engine); /* joins the engine thread */
         s->engine = NULL;
     }
+    ql__draft_free(&s->draft);
     ql__load_free(&s->model);
     int lrc = uv_loop_close(&loop);
     if (lrc != 0) QL_LOG_ERROR("the event loop did not close cleanly: %s", uv_strerror(lrc));

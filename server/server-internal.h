@@ -58,6 +58,24 @@ int ql__load_check_backend(const ql_config_t *cfg, char *err, size_t errlen);
 /** Frees what ql__load_model built (the backend last but one, the mapping last). */
 void ql__load_free(ql_loaded_t *m);
 
+/* ---- draft.c: speculative decoding's draft model ---- */
+
+typedef struct ql_draft_s {
+    ql_gguf_t *gguf;
+    ql_tok_t *tok;
+    ql_backend_t *backend; /* NULL: no draft model configured */
+} ql_draft_t;
+
+/** Opens cfg->draft_model when set (or fails when --spec-method draft lacks it), refuses a
+ *  vocabulary that differs from the target's in size or in any token's text, and builds its
+ *  backend (CPU) for n_seqs_max sequences (<= 0: cfg->max_num_seqs) with a quarter of the KV
+ *  budget. Without a draft model, leaves *d zeroed and returns 0. On error writes one line into
+ *  err. @return 0, QL_EINVAL (bad flags, another vocabulary), QL_EUNSUPPORTED, or the loader's
+ *  error. Thread: any (slow). */
+int ql__draft_load(const ql_config_t *cfg, const ql_loaded_t *target, int32_t n_seqs_max,
+                   ql_draft_t *d, char *err, size_t errlen);
+void ql__draft_free(ql_draft_t *d); /* zeroed: no-op */
+
 /* ---- metrics.c ---- */
 
 #define QL_HIST_MAX_BUCKETS 24
@@ -124,6 +142,7 @@ struct ql_srv_s {
 
     /* model and engine (set once loading is done, loop thread) */
     ql_loaded_t model;
+    ql_draft_t draft;  /* speculative decoding's draft model, when configured */
     int model_loaded;
     ql_engine_t *engine;
     ql_engine_limits_t lim;

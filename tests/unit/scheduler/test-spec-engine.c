@@ -106,6 +106,7 @@ static ql_backend_t *open_backend(const ql_gguf_t *g, int32_t n_blocks, int32_t 
 typedef struct runcfg_s {
     int spec;          /* ql_engine_spec_t */
     int32_t layers;    /* layerskip's draft layers */
+    ql_backend_t *draft; /* the draft model's backend */
     int fixed_k;
     int32_t k;
     int32_t budget;    /* max_batched_tokens */
@@ -131,6 +132,7 @@ static void run(ql_backend_t *be, const ql_tok_t *tok, const prompts_t *pr, cons
     p.max_batched_tokens = c->budget;
     p.spec_method = c->spec;
     p.spec_layers = c->layers;
+    p.draft_backend = c->spec == QL_ENGINE_SPEC_DRAFT ? c->draft : NULL;
     p.spec_k = c->k;
     p.spec_fixed_k = c->fixed_k;
     ql_engine_t *e = NULL;
@@ -291,6 +293,26 @@ static void test_greedy_identity(void **state) {
     run(big, tok, &pr, &c, got, &t);
     assert_same(&pr, ref, got, "layerskip, adaptive k", 1);
     printf("    layerskip adaptive: %d drafted, %d accepted\n", t.n_draft, t.n_accepted);
+
+    /* a draft model: the default model drafting for itself (its own backend and KV pool):
+     * every greedy draft is the target's token, so all are accepted */
+    c.spec = QL_ENGINE_SPEC_DRAFT;
+    c.draft = open_backend(g, 64, 8);
+    c.fixed_k = 1;
+    run(big, tok, &pr, &c, got, &t);
+    assert_same(&pr, ref, got, "draft model, k = 4 fixed", 1);
+    printf("    self-draft k=4: %d drafted, %d accepted\n", t.n_draft, t.n_accepted);
+    assert_true(t.n_draft > 0);
+    assert_int_equal(t.n_accepted, t.n_draft);
+    assert_int_equal(t.counters.kv_blocks_cached, t_ref.counters.kv_blocks_cached);
+    c.budget = 24; /* catch-ups split over steps */
+    run(big, tok, &pr, &c, got, &t);
+    assert_same(&pr, ref, got, "draft model, 24-token steps", 1);
+    c.budget = 256;
+    c.fixed_k = 0;
+    run(big, tok, &pr, &c, got, &t);
+    assert_same(&pr, ref, got, "draft model, adaptive k", 1);
+    printf("    self-draft adaptive: %d drafted, %d accepted\n", t.n_draft, t.n_accepted);
     ql_backend_free(big);
 
     /* a pool that holds the longest request alone but not all of them: preemption */
@@ -317,6 +339,18 @@ static void test_greedy_identity(void **state) {
            (int)n_small, t.n_preemptions, t.n_draft, t.n_accepted);
     assert_true(t.n_preemptions > 0);
     ql_backend_free(small);
+    /* the draft model preempted in the target's pool, and short of blocks in its own */
+    small = open_backend(g, n_small, 8 * 5);
+    ql_backend_free(c.draft);
+    c.draft = open_backend(g, n_small + 2, 8);
+    c.spec = QL_ENGINE_SPEC_DRAFT;
+    run(small, tok, &pr, &c, got, &t);
+    assert_same(&pr, ref, got, "draft model, preempted, small draft pool", 1);
+    printf("    self-draft, pools of %d and %d blocks: %d preemptions, %d drafted, %d accepted\n",
+           (int)n_small, (int)n_small + 2, t.n_preemptions, t.n_draft, t.n_accepted);
+    assert_true(t.n_preemptions > 0 && t.n_draft > 0);
+    ql_backend_free(small);
+    ql_backend_free(c.draft);
     ql_tok_free(tok);
     ql_gguf_free(g);
 }
@@ -357,6 +391,8 @@ static double chi2_q999(int dof) {
     return k * c * c * c;
 }
 
+static ql_backend_t *g_draft; /* the draft model of check_sampled's QL_ENGINE_SPEC_DRAFT */
+
 /* D_N seeded requests with speculation (method), the first three tokens counted against the
  * exact joint distribution */
 static void check_sampled(ql_backend_t *be, const ql_tok_t *tok, const int32_t *prompt,
@@ -372,6 +408,7 @@ static void check_sampled(ql_backend_t *be, const ql_tok_t *tok, const int32_t *
     ep.max_batched_tokens = 512;
     ep.spec_method = method;
     ep.spec_layers = 1;
+    ep.draft_backend = method == QL_ENGINE_SPEC_DRAFT ? g_draft : NULL;
     ep.spec_k = 2;
     ep.spec_ngram_max = 1;
     ep.spec_fixed_k = 1;
@@ -427,7 +464,10 @@ static void check_sampled(ql_backend_t *be, const ql_tok_t *tok, const int32_t *
         x += (counts[c] - ex) * (counts[c] - ex) / ex;
     }
     printf("    %s: %d cells, chi2 %.1f (0.999 quantile %.1f); %d drafted, %d accepted\n",
-           method == QL_ENGINE_SPEC_NGRAM ? "ngram" : "layerskip (1 of 2 layers)", n_cells, x,
+           method == QL_ENGINE_SPEC_NGRAM       ? "ngram"
+           : method == QL_ENGINE_SPEC_LAYERSKIP ? "layerskip (1 of 2 layers)"
+                                                : "draft model (other weights)",
+           n_cells, x,
            chi2_q999(n_cells - 1), drafted, accepted);
     assert_true(x < chi2_q999(n_cells - 1));
     assert_true(accepted >= 200 && drafted - accepted >= 200); /* both paths, often */
@@ -517,6 +557,23 @@ static void test_distribution(void **state) {
 
     check_sampled(be, tok, prompt, &sp, QL_ENGINE_SPEC_NGRAM, joint, n_cells, p1, top2, top3);
     check_sampled(be, tok, prompt, &sp, QL_ENGINE_SPEC_LAYERSKIP, joint, n_cells, p1, top2, top3);
+    /* a draft model with other weights (mkmodel seed 12) over the same vocabulary */
+    mp.seed = 12;
+    char dpath[] = "/tmp/quill-test-spec-draft-XXXXXX";
+    fd = mkstemp(dpath);
+    assert_true(fd >= 0);
+    close(fd);
+    if (ql_mkmodel_init(&mp, &m, err, sizeof err) != 0) fail_msg("mkmodel: %s", err);
+    if (ql_mkmodel_write(m, dpath, err, sizeof err) != 0) fail_msg("mkmodel: %s", err);
+    ql_mkmodel_free(m);
+    ql_gguf_t *dg = NULL;
+    if (ql_gguf_open(dpath, &dg, err, sizeof err) != 0) fail_msg("gguf: %s", err);
+    if (ql_cpu_backend_init(dg, &bp, &g_draft, err, sizeof err) != 0) fail_msg("cpu: %s", err);
+    check_sampled(be, tok, prompt, &sp, QL_ENGINE_SPEC_DRAFT, joint, n_cells, p1, top2, top3);
+    ql_backend_free(g_draft);
+    g_draft = NULL;
+    ql_gguf_free(dg);
+    unlink(dpath);
     ql_backend_free(be);
 
     ql_tok_free(tok);
