@@ -84,8 +84,8 @@ static void dev_get(void *h, const void *d, size_t bytes) {
 
 /* Fails at the first element outside atol + rtol·|ref| (a NaN fails; a non-finite
  * reference is skipped) and prints the max difference. */
-static void check_close(const char *what, const float *got, const float *ref, int64_t n,
-                        double atol, double rtol) {
+static double check_close_p(const char *what, const float *got, const float *ref, int64_t n,
+                            double atol, double rtol, int print) {
     double max_d = 0.0;
     int64_t first_bad = -1;
     for (int64_t i = 0; i < n; i++) {
@@ -96,10 +96,15 @@ static void check_close(const char *what, const float *got, const float *ref, in
         }
         if (d > max_d) max_d = d;
     }
-    printf("    %-40s max |diff| %.3g over %lld values\n", what, max_d, (long long)n);
+    if (print) printf("    %-40s max |diff| %.3g over %lld values\n", what, max_d, (long long)n);
     if (first_bad >= 0)
         fail_msg("%s: element %lld: got %.9g, want %.9g (atol %g, rtol %g)", what,
                  (long long)first_bad, (double)got[first_bad], (double)ref[first_bad], atol, rtol);
+    return max_d;
+}
+static void check_close(const char *what, const float *got, const float *ref, int64_t n,
+                        double atol, double rtol) {
+    (void)check_close_p(what, got, ref, n, atol, rtol, 1);
 }
 
 static void f16_to_f32_n(float *y, const uint16_t *x, int64_t n) {
@@ -924,24 +929,76 @@ static void test_sampling_vs_host(void **state) {
         dev_get(got, probs, nv * 4);
         ql_sampler_ws_t *ws = NULL;
         assert_int_equal(ql_sampler_ws_init(V, &ws), 0);
-        int support_diff = 0;
-        for (int r = 0; r < n_rows; r++) {
-            ql_sampler_t s;
-            assert_int_equal(ql_sampler_init(&s, &rows[r].p, V), 0);
-            ql_sampling_history_t h = {rows[r].hist, rows[r].n_hist, rows[r].n_prompt};
-            assert_int_equal(ql_sampler_probs(&s, ws, logits + (size_t)r * V, &h, ref + (size_t)r * V), 0);
-            for (int32_t i = 0; i < V; i++)
-                support_diff += (got[(size_t)r * V + i] > 0.0f) != (ref[(size_t)r * V + i] > 0.0f);
-        }
-        /* NOTE(walk-f32) in cuda/k-sample.cu: a top-p cut could differ only if the mass
-         * reached the target within f32 rounding; with these continuous random logits it
-         * does not, so the kept sets are identical */
-        assert_int_equal(support_diff, 0);
-        /* expf 2 ulp vs < 1 ulp and f32 vs double sums over up to 49k weights: ~1e-6
-         * relative; 1e-4 leaves room, atol 1e-7 for the tail */
+        float *pre = xmalloc_test((size_t)V * 4);
+        int32_t *ord = xmalloc_test((size_t)V * 4);
+        int n_near = 0;
+        int *near_row = xmalloc_test((size_t)n_rows * sizeof(int));
+        double max_d = 0.0;
         char what[64];
         snprintf(what, sizeof(what), "sample_probs V=%d", (int)V);
-        check_close(what, got, ref, (int64_t)nv, 1e-7, 1e-4);
+        for (int r = 0; r < n_rows; r++) {
+            const float *lr = logits + (size_t)r * V;
+            float *rr = ref + (size_t)r * V, *gr = got + (size_t)r * V;
+            ql_sampling_history_t h = {rows[r].hist, rows[r].n_hist, rows[r].n_prompt};
+            ql_sampler_t s;
+            assert_int_equal(ql_sampler_init(&s, &rows[r].p, V), 0);
+            assert_int_equal(ql_sampler_probs(&s, ws, lr, &h, rr), 0);
+            /* NOTE(walk-f32) in cuda/k-sample.cu: a cut (top-p's mass, min-p's ratio) may
+             * fall on the other side of a token only when that token sits within f32
+             * rounding of the threshold. Such rows are found from the host's distributions
+             * before the cut and left out (a few at most); every other row must keep the
+             * same tokens with the same probabilities. */
+            int near = 0;
+            const ql_sampling_params_t *p = &rows[r].p;
+            if (p->temperature > 0.0f && p->top_p < 1.0f) {
+                ql_sampling_params_t q = *p;
+                q.top_p = 1.0f, q.min_p = 0.0f;
+                assert_int_equal(ql_sampler_init(&s, &q, V), 0);
+                assert_int_equal(ql_sampler_probs(&s, ws, lr, &h, pre), 0);
+                int32_t n = 0;
+                for (int32_t i = 0; i < V; i++)
+                    if (pre[i] > 0.0f) ord[n++] = i;
+                for (int32_t i = 1; i < n; i++) { /* by probability, descending */
+                    const int32_t x = ord[i];
+                    int32_t j = i;
+                    while (j > 0 && pre[ord[j - 1]] < pre[x]) ord[j] = ord[j - 1], j--;
+                    ord[j] = x;
+                }
+                double cum = 0.0;
+                for (int32_t i = 0; i < n; i++) {
+                    const double before = cum;
+                    cum += pre[ord[i]];
+                    if (fabs(cum - p->top_p) < 1e-5 || fabs(before - p->top_p) < 1e-5) near = 1;
+                    if (cum >= p->top_p) break;
+                }
+            }
+            if (p->temperature > 0.0f && p->min_p > 0.0f) {
+                ql_sampling_params_t q = *p;
+                q.min_p = 0.0f;
+                assert_int_equal(ql_sampler_init(&s, &q, V), 0);
+                assert_int_equal(ql_sampler_probs(&s, ws, lr, &h, pre), 0);
+                float pmax = 0.0f;
+                for (int32_t i = 0; i < V; i++) pmax = fmaxf(pmax, pre[i]);
+                for (int32_t i = 0; i < V; i++)
+                    if (pre[i] > 0.0f && fabs(pre[i] / pmax / p->min_p - 1.0) < 1e-5) near = 1;
+            }
+            near_row[r] = near;
+            if (near) {
+                n_near++;
+                continue;
+            }
+            for (int32_t i = 0; i < V; i++)
+                if ((gr[i] > 0.0f) != (rr[i] > 0.0f))
+                    fail_msg("%s row %d: token %d kept on one side only (device %g, host %g)",
+                             what, r, (int)i, (double)gr[i], (double)rr[i]);
+            /* expf 2 ulp vs < 1 ulp and f32 vs double sums over up to 49k weights: ~1e-6
+             * relative; 1e-4 leaves room, atol 1e-7 for the tail */
+            max_d = fmax(max_d, check_close_p(what, gr, rr, V, 1e-7, 1e-4, 0));
+        }
+        printf("    %-40s max |diff| %.3g; %d of %d rows within rounding of a cut, left out\n",
+               what, max_d, n_near, n_rows);
+        assert_true(n_near <= 2);
+        free(pre), free(ord);
 
         /* draws: replay each row's uniform on the host and walk the host's distribution */
         int32_t *d_tok = dev_new(NULL, (size_t)n_rows * 4);
@@ -967,6 +1024,8 @@ static void test_sampling_vs_host(void **state) {
             }
             const double u = ql_cuda_rng_uniform(&st);
             assert_true(rs_after[r] == st); /* one draw */
+            assert_true(tok[r] >= 0 && tok[r] < V);
+            if (near_row[r]) continue; /* the host's kept set is not the device's */
             const int sorted = (p->top_k > 0 && p->top_k < V) || p->top_p < 1.0f;
             const int32_t want = host_walk(pr, V, sorted, u, order);
             /* the same token unless u lies within f32 rounding of a boundary */
@@ -983,6 +1042,7 @@ static void test_sampling_vs_host(void **state) {
         ql_cuda_mem_free(probs), ql_cuda_mem_free(d_tok);
         samp_dev_free(&d);
         free(rows), free(logits), free(rs), free(got), free(ref), free(tok), free(order), free(rs_after);
+        free(near_row);
     }
 }
 
