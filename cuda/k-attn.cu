@@ -43,11 +43,23 @@ typedef struct attn_params_s {
     float *part; /* [n_tok][n_head][n_splits][D + 2]: m, l, acc[D]; NULL when n_splits == 1 */
 } attn_params_t;
 
+/* Eight f16 (one 16-byte load, element 0 in the low half of .x) to f32. */
+static __device__ __forceinline__ void unpack8(const uint4 r, float *f) {
+    const __half2 *h = reinterpret_cast<const __half2 *>(&r);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const float2 x = __half22float2(h[i]);
+        f[2 * i] = x.x;
+        f[2 * i + 1] = x.y;
+    }
+}
+
 /* grid: x = query token, y = KV head · n_head_chunks + chunk, z = split of the context;
  * block: ATTN_THREADS. */
 template <int D>
 static __global__ void __launch_bounds__(ATTN_THREADS) attn_paged_kernel(const attn_params_t p) {
-    constexpr int DL = D / 32; /* dims per lane */
+    constexpr int DL = D / 32;     /* dims per lane */
+    constexpr int ATTN_DV = D / 8; /* 16-byte vectors per key row */
     __shared__ float qs[ATTN_ROWS][D];
     __shared__ float ks[ATTN_TK][D + 1];
     __shared__ float vs[ATTN_TK][D];
@@ -90,22 +102,30 @@ static __global__ void __launch_bounds__(ATTN_THREADS) attn_paged_kernel(const a
     __syncthreads();
 
     for (int64_t j0 = k_begin; j0 < k_end; j0 += ATTN_TK) {
-        for (int idx = threadIdx.x; idx < ATTN_TK * D; idx += ATTN_THREADS) {
-            const int j = idx / D, d = idx - j * D;
+        /* NOTE(attn-vec): 8 halves (16 bytes) per load; a key's row of D halves is 16-byte
+         * aligned because D is a multiple of 32 and the wrapper checks the pools are */
+        for (int idx = threadIdx.x; idx < ATTN_TK * ATTN_DV; idx += ATTN_THREADS) {
+            const int j = idx / ATTN_DV, d0 = (idx - j * ATTN_DV) * 8;
             const int64_t key = j0 + j;
-            float kf = 0.0f, vf = 0.0f;
+            float kf[8], vf[8];
+#pragma unroll
+            for (int e = 0; e < 8; e++) kf[e] = vf[e] = 0.0f;
             if (key < k_end) {
                 const int32_t blk = table[key / bs];
                 if (blk >= 0 && blk < p.kv.n_blocks) {
-                    const int64_t off = ql_kv_offset(&p.kv, blk, kvh, (int32_t)(key % bs)) + d;
-                    kf = ql_k_h2f(p.k_pool[off]);
-                    vf = ql_k_h2f(p.v_pool[off]);
+                    const int64_t off = ql_kv_offset(&p.kv, blk, kvh, (int32_t)(key % bs)) + d0;
+                    unpack8(*reinterpret_cast<const uint4 *>(p.k_pool + off), kf);
+                    unpack8(*reinterpret_cast<const uint4 *>(p.v_pool + off), vf);
                 } else {
-                    kf = vf = NAN; /* a block id out of range: loud, never dereferenced */
+#pragma unroll
+                    for (int e = 0; e < 8; e++) kf[e] = vf[e] = NAN; /* a bad block id: loud */
                 }
             }
-            ks[j][d] = kf;
-            vs[j][d] = vf;
+#pragma unroll
+            for (int e = 0; e < 8; e++) {
+                ks[j][d0 + e] = kf[e];
+                vs[j][d0 + e] = vf[e];
+            }
         }
         __syncthreads();
         const bool valid = j0 + lane < k_end;
@@ -216,6 +236,7 @@ extern "C" int ql_cuda_attn_paged(const ql_cuda_attn_args_t *a, void *stream) {
         !a->block_tables)
         return QL_EINVAL;
     if (a->n_tok > QL_K_GRID_X_MAX) return QL_EINVAL;
+    if (((uintptr_t)a->k_pool | (uintptr_t)a->v_pool) % 16 != 0) return QL_EINVAL;
     if (!ql_cuda_attn_head_dim_supported(D)) return QL_EUNSUPPORTED;
 
     ql_cuda_attn_plan_t plan;

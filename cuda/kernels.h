@@ -130,7 +130,7 @@ typedef struct ql_cuda_attn_plan_s {
 
 typedef struct ql_cuda_attn_args_s {
     const ql_kv_layout_t *kv;        /* host; the pool geometry (n_layer unused) */
-    const uint16_t *k_pool, *v_pool; /* one layer's pools, f16 */
+    const uint16_t *k_pool, *v_pool; /* one layer's pools, f16, 16-byte aligned */
     const float *q;                  /* [n_tok] rows of ldq floats, row = [n_head][head_dim],
                                         already rotated */
     int64_t ldq;
@@ -170,7 +170,8 @@ QL_API size_t ql_cuda_attn_work_bytes_max(int64_t n_tok_max, int32_t n_head, int
 QL_API int ql_cuda_attn_head_dim_supported(int32_t head_dim);
 
 /** Runs attention (see above) with the plan for a->n_tok, a->max_pos on this device.
- *  @return 0, QL_EINVAL (sizes, n_head not a multiple of n_kv_head, work too small),
+ *  @return 0, QL_EINVAL (sizes, n_head not a multiple of n_kv_head, work too small, a pool
+ *  not 16-byte aligned),
  *  QL_EUNSUPPORTED (head_dim not compiled), QL_ECUDA. A query whose pos or block table
  *  entries are out of range writes NaN in its output row instead of reading out of bounds. */
 QL_API int ql_cuda_attn_paged(const ql_cuda_attn_args_t *a, void *stream);

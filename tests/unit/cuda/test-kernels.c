@@ -226,7 +226,8 @@ static void test_wrapper_args(void **state) {
     assert_int_equal(ql_cuda_kv_write(&kv, &h, &h, &f, 127, &f, 128, &id, 1, NULL), bad);
     assert_int_equal(ql_cuda_kv_write(NULL, &h, &h, &f, 128, &f, 128, &id, 1, NULL), bad);
     assert_int_equal(ql_cuda_kv_write(&kv, &h, &h, &f, 128, &f, 128, &id, 0, NULL), none);
-    ql_cuda_attn_args_t a = {.kv = &kv, .k_pool = &h, .v_pool = &h, .q = &f, .ldq = 4 * 64,
+    static _Alignas(16) uint16_t pool[16]; /* the kernel reads 16-byte vectors */
+    ql_cuda_attn_args_t a = {.kv = &kv, .k_pool = pool, .v_pool = pool, .q = &f, .ldq = 4 * 64,
                              .out = &h, .ldo = 4 * 64, .n_tok = 1, .n_head = 4, .scale = 0.125f,
                              .pos = &id, .seq_of = &id, .block_tables = &id, .max_blocks = 1,
                              .n_seqs = 1, .max_pos = 0};
@@ -253,6 +254,9 @@ static void test_wrapper_args(void **state) {
     a.plan = &split_plan; /* splits need scratch, and none is given */
     assert_int_equal(ql_cuda_attn_paged(&a, NULL), bad);
     a.plan = NULL;
+    a.v_pool = pool + 1; /* not 16-byte aligned */
+    assert_int_equal(ql_cuda_attn_paged(&a, NULL), bad);
+    a.v_pool = pool;
     kv.head_dim = 80; /* not compiled */
     a.ldq = a.ldo = 4 * 80;
     assert_int_equal(ql_cuda_attn_paged(&a, NULL), QL_EUNSUPPORTED);
