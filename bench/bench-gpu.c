@@ -77,8 +77,10 @@ static int parse(int argc, char **argv, opts_t *o) {
                 if (end == s || b < 1 || b > 4096) return -1;
                 o->batches[o->n_batches++] = (int)b;
                 s = end;
-                if (*s == ',') s++;
-                else if (*s) return -1;
+                if (*s == ',')
+                    s++;
+                else if (*s)
+                    return -1;
             }
             continue;
         }
@@ -233,7 +235,8 @@ int main(int argc, char **argv) {
     ql_hparams_t hp;
     ql_weights_t wt;
     memset(&wt, 0, sizeof(wt));
-    if (ql_hparams_read(g, &hp, err, sizeof(err)) || ql_weights_init(g, &hp, &wt, err, sizeof(err))) {
+    if (ql_hparams_read(g, &hp, err, sizeof(err)) ||
+        ql_weights_init(g, &hp, &wt, err, sizeof(err))) {
         fprintf(stderr, "bench-gpu: %s\n", err);
         return 1;
     }
@@ -354,10 +357,11 @@ int main(int argc, char **argv) {
                bound > 0 ? 100.0 * mean / bound : 0.0);
         fflush(stdout);
         if (jf)
-            fprintf(jf, "%s\n  {\"batch\": %d, \"steps\": %d, \"tok_s\": %.2f, \"sd\": %.2f, "
-                        "\"step_ms\": %.3f, \"frac_of_b1_bound\": %.4f, \"over_b1\": %.3f}",
-                    k ? "," : "", B, o.tg, mean, sd, 1e3 * B / mean,
-                    bound > 0 ? mean / bound : 0.0, b1 > 0 ? mean / b1 : 0.0);
+            fprintf(jf,
+                    "%s\n  {\"batch\": %d, \"steps\": %d, \"tok_s\": %.2f, \"sd\": %.2f, "
+                    "\"step_ms\": %.3f, \"frac_of_b1_bound\": %.4f, \"over_b1\": %.3f}",
+                    k ? "," : "", B, o.tg, mean, sd, 1e3 * B / mean, bound > 0 ? mean / bound : 0.0,
+                    b1 > 0 ? mean / b1 : 0.0);
     }
     if (jf) {
         fprintf(jf, "],\n \"ok\": %s}\n", failed ? "false" : "true");

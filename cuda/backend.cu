@@ -101,8 +101,8 @@
 
 /* ---- the object ---- */
 
-#define QL_CUDA_N_BUCKETS 9     /* decode batch buckets 1, 2, 4, ... 256 */
-#define QL_CUDA_N_CTX_BUCKETS 32 /* context bounds 2^0 ... 2^31 */
+#define QL_CUDA_N_BUCKETS 9                    /* decode batch buckets 1, 2, 4, ... 256 */
+#define QL_CUDA_N_CTX_BUCKETS 32               /* context bounds 2^0 ... 2^31 */
 #define QL_CUDA_STAGE_BYTES ((size_t)64 << 20) /* one pinned upload buffer (two of them) */
 #define QL_CUDA_CUBLAS_WS_BYTES ((size_t)32 << 20)
 /* NOTE(kv-reserve): device memory kept out of the KV pool for what is allocated after it:
@@ -166,7 +166,7 @@ typedef struct cuda_backend_s {
     /* pinned host memory */
     void *step_host;
     step_ptrs_t h;
-    float *logits_host;              /* [L][V] */
+    float *logits_host;               /* [L][V] */
     ql_cuda_sample_params_t *sp_host; /* [L] */
     uint64_t *rng_host;               /* [L] */
     int32_t *sampled_host;            /* [L] */
@@ -177,8 +177,8 @@ typedef struct cuda_backend_s {
     cudaGraphExec_t graphs[QL_CUDA_N_BUCKETS][QL_CUDA_N_CTX_BUCKETS];
 
     long trap_after; /* NOTE(fault-injection): steps before a real device fault; −1 = never */
-    int faulted; /* a device error happened: everything fails from now on */
-    int hung;    /* a step timed out: teardown skips the device */
+    int faulted;     /* a device error happened: everything fails from now on */
+    int hung;        /* a step timed out: teardown skips the device */
     uint64_t step_timeout_ns;
     uint8_t *block_mark; /* [n_blocks] copy_blocks scratch */
 } cuda_backend_t;
@@ -293,8 +293,7 @@ typedef struct step_shape_s {
 
 static int enqueue_step(cuda_backend_t *be, const step_shape_t *sh) {
     cudaStream_t st = be->stream;
-    const int64_t T = sh->n_tok, E = be->E, QD = be->QD, KVD = be->KVD, QKVD = be->QKVD,
-                  F = be->F;
+    const int64_t T = sh->n_tok, E = be->E, QD = be->QD, KVD = be->KVD, QKVD = be->QKVD, F = be->F;
     const ql_kv_layout_t *kv = &be->base.info.kv;
     QL_TRY(ql_cuda_embed_get_rows(be->x, be->tok_embd, be->V, E, be->d.tokens, T, st));
 
@@ -314,8 +313,8 @@ static int enqueue_step(cuda_backend_t *be, const step_shape_t *sh) {
     aa.n_seqs = sh->n_seqs;
     aa.max_pos = sh->max_pos;
     ql_cuda_attn_plan_t plan;
-    QL_TRY(ql_cuda_attn_plan(T, aa.n_head, (int32_t)be->hp.n_head_kv, sh->max_pos, be->n_sm,
-                             &plan));
+    QL_TRY(
+        ql_cuda_attn_plan(T, aa.n_head, (int32_t)be->hp.n_head_kv, sh->max_pos, be->n_sm, &plan));
     const size_t wb = ql_cuda_attn_work_bytes(&plan, T, aa.n_head, (int32_t)be->HD);
     if (wb > be->attn_work_bytes) {
         QL_LOG_ERROR("attention needs %zu bytes of scratch, %zu were sized at init", wb,
@@ -476,8 +475,7 @@ static int prepare_step(cuda_backend_t *be, const ql_batch_t *b, step_shape_t *s
     /* the whole record in one copy, the block tables as far as the step's rows */
     const size_t head = (size_t)((uint8_t *)h->block_tables - (uint8_t *)be->step_host);
     const size_t bytes = head + (size_t)n_seq_rows * (size_t)stride * sizeof(int32_t);
-    QL_CU(cudaMemcpyAsync(be->step_dev, be->step_host, bytes, cudaMemcpyHostToDevice,
-                          be->stream));
+    QL_CU(cudaMemcpyAsync(be->step_dev, be->step_host, bytes, cudaMemcpyHostToDevice, be->stream));
     return 0;
 }
 
@@ -485,7 +483,9 @@ static int prepare_step(cuda_backend_t *be, const ql_batch_t *b, step_shape_t *s
  * the first N starts with a kernel that executes a trap instruction: a real device fault
  * (the context is lost, every later CUDA call fails), so the tests see what a fault does to
  * the backend, the engine and `quill serve`. Nothing else reads it. */
-static __global__ void trap_kernel(void) { __trap(); }
+static __global__ void trap_kernel(void) {
+    __trap();
+}
 
 static int maybe_trap(cuda_backend_t *be) {
     if (be->trap_after < 0 || be->trap_after-- > 0) return 0;
@@ -534,8 +534,8 @@ static int cuda_forward(ql_backend_t *base, const ql_batch_t *b, float *logits) 
     if (rc == QL_EINVAL) return rc; /* nothing was queued */
     const size_t bytes = (size_t)b->n_logits * (size_t)be->V * sizeof(float);
     if (rc == 0 && bytes) {
-        cudaError_t e = cudaMemcpyAsync(be->logits_host, be->logits, bytes,
-                                        cudaMemcpyDeviceToHost, be->stream);
+        cudaError_t e =
+            cudaMemcpyAsync(be->logits_host, be->logits, bytes, cudaMemcpyDeviceToHost, be->stream);
         if (e != cudaSuccess) {
             QL_LOG_ERROR("logits download: %s", cudaGetErrorString(e));
             rc = QL_ECUDA;
@@ -560,8 +560,8 @@ static int cuda_forward_sample(ql_backend_t *base, const ql_batch_t *b,
         const float top_p = s->top_p ? s->top_p[i] : 1.0f;
         const float min_p = s->min_p ? s->min_p[i] : 0.0f;
         const int32_t top_k = s->top_k ? s->top_k[i] : 0;
-        if (!(temp >= 0.0f) || !(top_p > 0.0f && top_p <= 1.0f) || !(min_p >= 0.0f && min_p <= 1.0f) ||
-            top_k < 0 || (temp > 0.0f && !s->seed))
+        if (!(temp >= 0.0f) || !(top_p > 0.0f && top_p <= 1.0f) ||
+            !(min_p >= 0.0f && min_p <= 1.0f) || top_k < 0 || (temp > 0.0f && !s->seed))
             return QL_EINVAL;
         be->sp_host[i] = ql_cuda_sample_params_t{temp, top_k, top_p, min_p, 1.0f, 0.0f, 0.0f, 0};
         be->rng_host[i] = s->seed ? s->seed[i] : 0;
@@ -592,9 +592,9 @@ static int cuda_forward_sample(ql_backend_t *base, const ql_batch_t *b,
         a.work_bytes = be->sample_work_bytes;
         rc = ql_cuda_sample_rows(&a, be->sampled, be->stream);
         if (rc == 0) {
-            cudaError_t e = cudaMemcpyAsync(be->sampled_host, be->sampled,
-                                            sizeof(int32_t) * (size_t)n, cudaMemcpyDeviceToHost,
-                                            be->stream);
+            cudaError_t e =
+                cudaMemcpyAsync(be->sampled_host, be->sampled, sizeof(int32_t) * (size_t)n,
+                                cudaMemcpyDeviceToHost, be->stream);
             if (e != cudaSuccess) {
                 QL_LOG_ERROR("sampled tokens download: %s", cudaGetErrorString(e));
                 rc = QL_ECUDA;
@@ -612,8 +612,7 @@ static int cuda_forward_sample(ql_backend_t *base, const ql_batch_t *b,
     return 0;
 }
 
-static int cuda_copy_blocks(ql_backend_t *base, const int32_t *src, const int32_t *dst,
-                            int32_t n) {
+static int cuda_copy_blocks(ql_backend_t *base, const int32_t *src, const int32_t *dst, int32_t n) {
     cuda_backend_t *be = (cuda_backend_t *)base;
     const ql_kv_layout_t *kv = &base->info.kv;
     if (n < 0 || (n > 0 && (!src || !dst))) return QL_EINVAL;
@@ -633,9 +632,9 @@ static int cuda_copy_blocks(ql_backend_t *base, const int32_t *src, const int32_
     for (int64_t l = 0; l < 2 * (int64_t)kv->n_layer && rc == 0; l++) {
         uint8_t *pool = (uint8_t *)(be->kv + l * be->kv_layer_elems);
         for (int32_t i = 0; i < n; i++) {
-            cudaError_t e = cudaMemcpyAsync(pool + (size_t)dst[i] * blk,
-                                            pool + (size_t)src[i] * blk, blk,
-                                            cudaMemcpyDeviceToDevice, be->stream);
+            cudaError_t e =
+                cudaMemcpyAsync(pool + (size_t)dst[i] * blk, pool + (size_t)src[i] * blk, blk,
+                                cudaMemcpyDeviceToDevice, be->stream);
             if (e != cudaSuccess) {
                 QL_LOG_ERROR("KV block copy: %s", cudaGetErrorString(e));
                 rc = QL_ECUDA;
@@ -701,8 +700,8 @@ static size_t attn_work_max(const cuda_backend_t *be) {
             ql_cuda_attn_plan_t plan;
             if (ql_cuda_attn_plan(n, (int32_t)be->hp.n_head, (int32_t)be->hp.n_head_kv, bound,
                                   be->n_sm, &plan) == 0)
-                m = QL_MAX(m, ql_cuda_attn_work_bytes(&plan, n, (int32_t)be->hp.n_head,
-                                                      (int32_t)be->HD));
+                m = QL_MAX(
+                    m, ql_cuda_attn_work_bytes(&plan, n, (int32_t)be->hp.n_head, (int32_t)be->HD));
             if (p == be->n_ctx - 1) break;
         }
     }
@@ -738,8 +737,8 @@ static int upload_matrix(uploader_t *u, const ql_gguf_tensor_t *t, uint16_t *dst
         u->next ^= 1;
         QL_CU(cudaEventSynchronize(u->ev[i])); /* the previous copy out of this buffer */
         int64_t bad = -1;
-        int rc = ql__cuda_rows_to_f16(t->type, t->data, n_in, r0, r1, u->stage[i], u->n_threads,
-                                      &bad);
+        int rc =
+            ql__cuda_rows_to_f16(t->type, t->data, n_in, r0, r1, u->stage[i], u->n_threads, &bad);
         if (rc) {
             const char *tn = ql_dtype_name(t->type);
             if (rc == QL_ERANGE)
@@ -813,10 +812,9 @@ static int upload_weights(cuda_backend_t *be, char *err, size_t errlen) {
             if ((rc = upload_f32(be, lw->attn_norm, L->attn_norm, E)) ||
                 (rc = upload_f32(be, lw->ffn_norm, L->ffn_norm, E)))
                 goto done;
-            if (L->bqkv &&
-                ((rc = upload_f32(be, lw->attn_q_bias, L->bqkv, QD)) ||
-                 (rc = upload_f32(be, lw->attn_k_bias, L->bqkv + QD, KVD)) ||
-                 (rc = upload_f32(be, lw->attn_v_bias, L->bqkv + QD + KVD, KVD))))
+            if (L->bqkv && ((rc = upload_f32(be, lw->attn_q_bias, L->bqkv, QD)) ||
+                            (rc = upload_f32(be, lw->attn_k_bias, L->bqkv + QD, KVD)) ||
+                            (rc = upload_f32(be, lw->attn_v_bias, L->bqkv + QD + KVD, KVD))))
                 goto done;
         }
 #undef UP
@@ -826,7 +824,8 @@ static int upload_weights(cuda_backend_t *be, char *err, size_t errlen) {
     }
     if (cudaStreamSynchronize(be->stream) != cudaSuccess) rc = QL_ECUDA;
 done:
-    if (rc == QL_ECUDA && err && !err[0]) ql_errf(err, errlen, "CUDA error while uploading weights");
+    if (rc == QL_ECUDA && err && !err[0])
+        ql_errf(err, errlen, "CUDA error while uploading weights");
     for (int i = 0; i < 2; i++) {
         if (u.have_ev[i]) {
             (void)cudaEventSynchronize(u.ev[i]);
@@ -848,7 +847,9 @@ static double env_double(const char *name, double dflt) {
     return (errno || *end) ? dflt : d;
 }
 
-static int cuda_available(void) { return ql_cuda_device_count() > 0; }
+static int cuda_available(void) {
+    return ql_cuda_device_count() > 0;
+}
 
 #define GIB(x) ((double)(x) / (1024.0 * 1024.0 * 1024.0))
 
@@ -954,10 +955,10 @@ extern "C" int ql_cuda_backend_init(const ql_gguf_t *g, const ql_backend_params_
         /* sizes: weights, then buffers (NOTE(f16-weights)) */
         const int64_t E = be->E, QKVD = be->QKVD, F = be->F, V = be->V, QD = be->QD;
         const size_t T = (size_t)be->T, L = (size_t)be->L, h2 = 2, f4 = 4;
-        be->attn_work_bytes = QL_MAX(
-            attn_work_max(be),
-            ql_cuda_attn_work_bytes_max(be->T, (int32_t)hp->n_head, (int32_t)hp->n_head_kv,
-                                        (int32_t)hp->head_dim, be->n_ctx, be->n_sm));
+        be->attn_work_bytes =
+            QL_MAX(attn_work_max(be),
+                   ql_cuda_attn_work_bytes_max(be->T, (int32_t)hp->n_head, (int32_t)hp->n_head_kv,
+                                               (int32_t)hp->head_dim, be->n_ctx, be->n_sm));
         size_t sw = 0;
         if ((rc = ql_cuda_sample_work_bytes(be->L, (int32_t)V, &sw)) != 0) {
             ql_errf(err, errlen, "device sampling cannot run %d rows of %lld", (int)be->L,
@@ -1037,7 +1038,7 @@ extern "C" int ql_cuda_backend_init(const ql_gguf_t *g, const ql_backend_params_
         const uint64_t kv_budget = (uint64_t)(allowed - (double)fixed_bytes);
         uint64_t n_blocks = kv_budget / block_bytes;
         n_blocks = QL_MIN(n_blocks, (uint64_t)be->S * (uint64_t)be->MB); /* more is never used */
-        n_blocks = QL_MIN(n_blocks, (uint64_t)(INT32_MAX / block_size));  /* int32 slots */
+        n_blocks = QL_MIN(n_blocks, (uint64_t)(INT32_MAX / block_size)); /* int32 slots */
         if (n_blocks == 0) {
             ql_errf(err, errlen,
                     "KV cache budget of %llu bytes holds no block (one block is %llu bytes)",
@@ -1054,8 +1055,7 @@ extern "C" int ql_cuda_backend_init(const ql_gguf_t *g, const ql_backend_params_
         if (cudaMalloc(&be->dmem, be->dmem_bytes) != cudaSuccess) {
             (void)cudaGetLastError();
             be->dmem = NULL;
-            ql_errf(err, errlen, "cannot allocate %.2f GiB of device memory",
-                    GIB(be->dmem_bytes));
+            ql_errf(err, errlen, "cannot allocate %.2f GiB of device memory", GIB(be->dmem_bytes));
             rc = QL_ENOMEM;
             free(o_lay);
             goto fail;
@@ -1105,12 +1105,13 @@ extern "C" int ql_cuda_backend_init(const ql_gguf_t *g, const ql_backend_params_
         be->step_dev = d + o_step;
         be->kv = (uint16_t *)(d + o_kv);
         uint8_t *sd = (uint8_t *)be->step_dev;
-        be->d = step_ptrs_t{(int32_t *)(sd + s_tok),  (int32_t *)(sd + s_pos),
-                            (int32_t *)(sd + s_seq),  (int32_t *)(sd + s_slot),
-                            (int32_t *)(sd + s_rows), (int32_t *)(sd + s_bt)};
+        be->d =
+            step_ptrs_t{(int32_t *)(sd + s_tok),  (int32_t *)(sd + s_pos),  (int32_t *)(sd + s_seq),
+                        (int32_t *)(sd + s_slot), (int32_t *)(sd + s_rows), (int32_t *)(sd + s_bt)};
 
         /* pinned host memory: the step record, then the logits and sampling rows */
-        const size_t hl = carve(&sc, L * (size_t)V * f4), hsp = carve(&sc, L * sizeof(ql_cuda_sample_params_t)),
+        const size_t hl = carve(&sc, L * (size_t)V * f4),
+                     hsp = carve(&sc, L * sizeof(ql_cuda_sample_params_t)),
                      hrng = carve(&sc, L * 8), hsmp = carve(&sc, L * 4);
         if (cudaMallocHost(&be->step_host, sc.off) != cudaSuccess) {
             (void)cudaGetLastError();
@@ -1121,9 +1122,9 @@ extern "C" int ql_cuda_backend_init(const ql_gguf_t *g, const ql_backend_params_
             goto fail;
         }
         uint8_t *hs = (uint8_t *)be->step_host;
-        be->h = step_ptrs_t{(int32_t *)(hs + s_tok),  (int32_t *)(hs + s_pos),
-                            (int32_t *)(hs + s_seq),  (int32_t *)(hs + s_slot),
-                            (int32_t *)(hs + s_rows), (int32_t *)(hs + s_bt)};
+        be->h =
+            step_ptrs_t{(int32_t *)(hs + s_tok),  (int32_t *)(hs + s_pos),  (int32_t *)(hs + s_seq),
+                        (int32_t *)(hs + s_slot), (int32_t *)(hs + s_rows), (int32_t *)(hs + s_bt)};
         be->logits_host = (float *)(hs + hl);
         be->sp_host = (ql_cuda_sample_params_t *)(hs + hsp);
         be->rng_host = (uint64_t *)(hs + hrng);

@@ -4,8 +4,12 @@
  */
 #include "cuda/cuda.h"
 
-int ql_cuda_compiled(void) { return 0; }
-int ql_cuda_device_count(void) { return 0; }
+int ql_cuda_compiled(void) {
+    return 0;
+}
+int ql_cuda_device_count(void) {
+    return 0;
+}
 int ql_cuda_device_describe(int idx, char *buf, size_t len) {
     (void)idx;
     (void)buf;
@@ -27,7 +31,9 @@ int ql_cuda_backend_init(const ql_gguf_t *gguf, const ql_backend_params_t *p, ql
     return QL_EUNSUPPORTED;
 }
 
-static int cuda_available(void) { return 0; }
+static int cuda_available(void) {
+    return 0;
+}
 
 const ql_backend_desc_t ql_cuda_backend_desc = {
     .name = "cuda", .available = cuda_available, .init = ql_cuda_backend_init};

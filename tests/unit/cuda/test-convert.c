@@ -23,7 +23,9 @@ static uint64_t rng_next(uint64_t *s) {
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     return z ^ (z >> 31);
 }
-static float uniform(uint64_t *s) { return (float)((rng_next(s) >> 40) * (1.0 / 16777216.0)) * 2 - 1; }
+static float uniform(uint64_t *s) {
+    return (float)((rng_next(s) >> 40) * (1.0 / 16777216.0)) * 2 - 1;
+}
 
 /* A matrix of n_rows × n_in random values in type t (quantized from f32 with the reference
  * quantizer), and the f16 rows the conversion must give: reference dequantization, then
@@ -51,7 +53,7 @@ static void make(int t, int64_t n_rows, int64_t n_in, uint64_t seed, void **data
 
 static void test_types_and_threads(void **state) {
     (void)state;
-    static const int types[] = {QL_DTYPE_F32, QL_DTYPE_F16, QL_DTYPE_BF16, QL_DTYPE_Q4_0,
+    static const int types[] = {QL_DTYPE_F32,  QL_DTYPE_F16,  QL_DTYPE_BF16, QL_DTYPE_Q4_0,
                                 QL_DTYPE_Q4_1, QL_DTYPE_Q5_0, QL_DTYPE_Q5_1, QL_DTYPE_Q8_0,
                                 QL_DTYPE_Q4_K, QL_DTYPE_Q6_K};
     const int64_t n_rows = 13, n_in = 512;
@@ -66,9 +68,8 @@ static void test_types_and_threads(void **state) {
         for (int j = 0; j < 3; j++) {
             memset(out, 0xff, sizeof(uint16_t) * (size_t)(n_rows * n_in));
             int64_t bad = 0;
-            assert_int_equal(ql__cuda_rows_to_f16(types[k], data, n_in, 0, n_rows, out,
-                                                  threads[j], &bad),
-                             0);
+            assert_int_equal(
+                ql__cuda_rows_to_f16(types[k], data, n_in, 0, n_rows, out, threads[j], &bad), 0);
             assert_int_equal(bad, -1);
             if (memcmp(out, expect, sizeof(uint16_t) * (size_t)(n_rows * n_in)) != 0)
                 fail_msg("%s on %d threads: rows differ from the reference",
@@ -111,8 +112,7 @@ static void test_range_and_errors(void **state) {
     static uint8_t blob[4096];
     assert_int_equal(ql__cuda_rows_to_f16(QL_DTYPE_Q2_K, blob, 256, 0, 1, out, 1, NULL),
                      QL_EUNSUPPORTED);
-    assert_int_equal(ql__cuda_rows_to_f16(QL_DTYPE_Q4_0, blob, 33, 0, 1, out, 1, NULL),
-                     QL_EINVAL);
+    assert_int_equal(ql__cuda_rows_to_f16(QL_DTYPE_Q4_0, blob, 33, 0, 1, out, 1, NULL), QL_EINVAL);
     assert_int_equal(ql__cuda_rows_to_f16(QL_DTYPE_F32, NULL, N, 0, 1, out, 1, NULL), QL_EINVAL);
     assert_int_equal(ql__cuda_rows_to_f16(QL_DTYPE_F32, w, N, 2, 1, out, 1, NULL), QL_EINVAL);
     assert_int_equal(ql__cuda_rows_to_f16(QL_DTYPE_F32, w, N, 2, 2, out, 1, NULL), 0);

@@ -176,7 +176,9 @@ typedef struct batch_s {
     seq_t *seqs[MAX_SEQS];
 } batch_t;
 
-static void batch_clear(batch_t *b) { memset(b, 0, sizeof(*b)); }
+static void batch_clear(batch_t *b) {
+    memset(b, 0, sizeof(*b));
+}
 
 /* Appends token `tok` of sequence s (its next position) to the batch. */
 static void batch_add(batch_t *b, seq_t *s, int32_t tok, int logits) {
