@@ -155,7 +155,7 @@ fi
 # ---- tests ----
 : >"$OUT/tests.log"
 if [ $BUILT -eq 1 ] && [ -f "$BUILD/CTestTestfile.cmake" ]; then
-    step tests-gpu "$OUT/tests.log" 150 120 ctest --test-dir "$BUILD" -L gpu -LE integration --output-on-failure -j 2
+    step tests-gpu "$OUT/tests.log" 150 120 ctest --test-dir "$BUILD" -L gpu -LE integration --output-on-failure -j 1
     step tests-cuda-cpu "$OUT/tests.log" 30 110 ctest --test-dir "$BUILD" -R '^cuda' -LE gpu --output-on-failure
     # quill serve on the device, and a real device fault through the server; straight with
     # python3 (run.sh would first try to pip-install the openai SDK, which these tests do not use)
