@@ -1134,8 +1134,13 @@ int ql_engine_init(const ql_engine_params_t *p, ql_backend_t *be, const ql_tok_t
     }
     int64_t pool_tokens = (int64_t)lim.n_blocks * bi->kv.block_size;
     if (lim.max_model_len > pool_tokens + 1) {
-        QL_LOG_WARN("max_model_len %d exceeds what the KV pool holds (%lld tokens): capped",
-                    (int)lim.max_model_len, (long long)pool_tokens);
+        if (lim.max_model_len <= (int64_t)bi->kv.n_blocks * bi->kv.block_size + 1)
+            QL_LOG_INFO("max_model_len %d capped to %lld: layerskip's scratch blocks come off a "
+                        "pool sized for the full context", (int)lim.max_model_len,
+                        (long long)pool_tokens + 1);
+        else
+            QL_LOG_WARN("max_model_len %d exceeds what the KV pool holds (%lld tokens): capped",
+                        (int)lim.max_model_len, (long long)pool_tokens);
         lim.max_model_len = (int32_t)(pool_tokens + 1); /* the last token is never fed */
     }
     if (lim.max_model_len < 2) {

@@ -71,7 +71,9 @@ static char *base_name(const char *path) {
 /* Logits rows per step: one per sequence, and with speculative decoding one more per drafted
  * token (at most --num-speculative-tokens per sequence), within the step's token budget. */
 static int32_t spec_rows(const ql_config_t *cfg, int32_t n_seqs_max) {
-    if (cfg->spec_method == QL_SPEC_METHOD_NONE) return n_seqs_max;
+    const int drafting = cfg->spec_method != QL_SPEC_METHOD_NONE ||
+                         (cfg->draft_model && cfg->draft_model[0]); /* implies the method */
+    if (!drafting) return n_seqs_max;
     int64_t rows = (int64_t)n_seqs_max * (1 + cfg->num_speculative_tokens);
     if (cfg->max_batched_tokens > 0) rows = QL_MIN(rows, (int64_t)cfg->max_batched_tokens);
     return (int32_t)QL_MAX(rows, (int64_t)n_seqs_max);

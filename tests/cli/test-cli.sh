@@ -252,6 +252,30 @@ else
         has "$errf" "(-n reached)" "run $c: stopped by -n"
         one_line "run $c: one stats line on stderr"
     done
+    # speculative decoding (scheduler/spec.c): the same greedy text with every drafter
+    for spec in "--spec-method ngram" "--spec-method layerskip --spec-layers 8" "--draft-model $M"; do
+        for c in count-text fr-repeat; do
+            expect 0 "run $c $spec" -- run --model "$M" --log-level warn -n 64 $spec \
+                -p "$(printf '%b' "$(field $c text)")" &&
+                same "$out" "$(printf '%b' "$(field $c gentext)")" "run $c $spec: greedy text = llama.cpp's"
+            has "$errf" "; speculative: " "run $c $spec: drafted/accepted on the stats line"
+            one_line "run $c $spec: one stats line on stderr"
+        done
+    done
+    expect 2 "run --spec-method draft without --draft-model" -- run --model "$M" --log-level warn -p hi --spec-method draft
+    has "$errf" "--spec-method draft needs --draft-model" "missing draft model named"
+    one_line "run --spec-method draft without --draft-model"
+    sd=$(mktemp -d)
+    "$Q" mkmodel --shape tiny -o "$sd/tiny.gguf" >/dev/null 2>&1
+    expect 2 "run with a draft model of another vocabulary" -- run --model "$M" --log-level warn -p hi --draft-model "$sd/tiny.gguf"
+    has "$errf" "must share the target's tokenizer" "another vocabulary refused"
+    one_line "run with a draft model of another vocabulary"
+    expect 2 "run --draft-model with --spec-method ngram" -- run --model "$M" --log-level warn -p hi --draft-model "$sd/tiny.gguf" --spec-method ngram
+    has "$errf" "--draft-model goes with --spec-method draft" "draft model with ngram refused"
+    expect 1 "run --spec-method layerskip with every layer" -- run --model "$M" --log-level warn -p hi --spec-method layerskip --spec-layers 30
+    has "$errf" "layerskip needs fewer draft layers (30) than the model's 30" "layerskip L too large named"
+    one_line "run --spec-method layerskip with every layer"
+    rm -rf "$sd"
     # --chat: the template around one user message, then the end-of-turn token stops it (llama.cpp's
     # margins of chat-capital are all >= the fixture's TIE_MARGIN up to and including that token)
     expect 0 "run --chat" -- run --model "$M" --log-level warn --chat -p "What is the capital of Japan?"
