@@ -4,8 +4,8 @@
  */
 #include "cuda/kernels.h"
 
-/* NOTE(split-k): a thread block carries one query token and up to QL_CUDA_ATTN_MAX_ROWS query
- * heads of one KV group and streams that token's keys. With many tokens (prefill, big decode
+/* NOTE(split-k): a thread block carries a run of query tokens (NOTE(attn-runs)) and up to
+ * QL_CUDA_ATTN_MAX_ROWS query rows of one KV group and streams those tokens' keys. With many tokens (prefill, big decode
  * batches) the grid fills the device by itself; with few tokens and long contexts a block
  * would stream thousands of keys while most multiprocessors idle, so the context is split
  * into chunks of at least SPLIT_KEYS_MIN keys (below that the combine step costs more than it
@@ -42,15 +42,24 @@ static int head_chunks(int32_t n_head, int32_t n_kv_head, int32_t *chunks, int32
     return 0;
 }
 
-int ql_cuda_attn_plan(int64_t n_tok, int32_t n_head, int32_t n_kv_head, int32_t max_pos,
-                      int32_t n_sm, ql_cuda_attn_plan_t *out) {
-    if (out == NULL || n_tok < 1 || max_pos < 0 || n_sm < 1) return QL_EINVAL;
+/* NOTE(attn-runs): consecutive query tokens of one sequence (a prefill chunk, a verify) read
+ * the same keys, so a thread block may take a run of up to QL_CUDA_ATTN_MAX_ROWS /
+ * heads_per_cta of them and load each K/V tile once for all their rows. Decode tokens are
+ * runs of one: more tokens per block would only serialise them. */
+int ql_cuda_attn_plan_runs(int64_t n_tok, int32_t n_head, int32_t n_kv_head, int32_t max_pos,
+                           int32_t max_run, int32_t n_sm, ql_cuda_attn_plan_t *out) {
+    if (out == NULL || n_tok < 1 || max_pos < 0 || n_sm < 1 || max_run < 1) return QL_EINVAL;
     int32_t chunks, per_cta;
     if (head_chunks(n_head, n_kv_head, &chunks, &per_cta) != 0) return QL_EINVAL;
     out->n_head_chunks = chunks;
     out->heads_per_cta = per_cta;
+    int32_t qt = QL_CUDA_ATTN_MAX_ROWS / per_cta;
+    if (qt > max_run) qt = max_run;
+    if (qt < 1) qt = 1;
+    out->tokens_per_cta = qt;
     const int64_t n_keys = (int64_t)max_pos + 1;
-    int64_t n_splits = splits_wanted(n_tok * n_kv_head * chunks, n_keys, n_sm);
+    const int64_t ctas = (n_tok + qt - 1) / qt * n_kv_head * chunks;
+    int64_t n_splits = splits_wanted(ctas, n_keys, n_sm);
     /* keys per split rounded up to whole tiles; the last split may be shorter */
     const int64_t tk = QL_CUDA_ATTN_TILE_KEYS;
     int64_t kps = (n_keys + n_splits - 1) / n_splits;
@@ -59,6 +68,11 @@ int ql_cuda_attn_plan(int64_t n_tok, int32_t n_head, int32_t n_kv_head, int32_t 
     out->n_splits = (int32_t)n_splits;
     out->keys_per_split = (int32_t)kps;
     return 0;
+}
+
+int ql_cuda_attn_plan(int64_t n_tok, int32_t n_head, int32_t n_kv_head, int32_t max_pos,
+                      int32_t n_sm, ql_cuda_attn_plan_t *out) {
+    return ql_cuda_attn_plan_runs(n_tok, n_head, n_kv_head, max_pos, 1, n_sm, out);
 }
 
 size_t ql_cuda_attn_work_bytes(const ql_cuda_attn_plan_t *plan, int64_t n_tok, int32_t n_head,
@@ -75,14 +89,19 @@ size_t ql_cuda_attn_work_bytes_max(int64_t n_tok_max, int32_t n_head, int32_t n_
     int32_t chunks, per_cta;
     if (head_chunks(n_head, n_kv_head, &chunks, &per_cta) != 0) return 0;
     size_t most = 0;
-    /* splits happen only below SPLIT_WAVES · n_sm blocks, so n_tok beyond that adds nothing */
-    const int64_t n_last = QL_MIN(n_tok_max, (int64_t)SPLIT_WAVES * n_sm);
+    /* splits happen only below SPLIT_WAVES · n_sm blocks, so token counts beyond that many
+     * blocks of the longest runs add nothing; the fewest blocks (runs of the most tokens a
+     * block takes) ask for the most splits, which bounds every plan */
+    const int64_t qt_max = QL_MAX(1, QL_CUDA_ATTN_MAX_ROWS / per_cta);
+    const int64_t n_last = QL_MIN(n_tok_max, (int64_t)SPLIT_WAVES * n_sm * qt_max);
     for (int64_t n = 1; n <= n_last; n++) {
+        const int64_t ctas = (n + qt_max - 1) / qt_max * n_kv_head * chunks;
         const ql_cuda_attn_plan_t p = {
-            .n_splits = (int32_t)splits_wanted(n * n_kv_head * chunks, n_ctx_max, n_sm),
+            .n_splits = (int32_t)splits_wanted(ctas, n_ctx_max, n_sm),
             .keys_per_split = QL_CUDA_ATTN_TILE_KEYS,
             .heads_per_cta = per_cta,
             .n_head_chunks = chunks,
+            .tokens_per_cta = 1,
         };
         const size_t b = ql_cuda_attn_work_bytes(&p, n, n_head, head_dim);
         if (b > most) most = b;

@@ -111,7 +111,8 @@ QL_API int ql_cuda_kv_write(const ql_kv_layout_t *kv, uint16_t *k_pool, uint16_t
 /* Query token t of sequence s = seq_of[t] at position pos[t] attends causally to the keys at
  * positions 0..pos[t] of s, read through row s of block_tables; the K/V of the token itself
  * and of every earlier token of the step were written (ql_cuda_kv_write) before. Slots past
- * pos[t] are never read. Query head h reads KV head h / (n_head / n_kv_head) (GQA). Softmax
+ * pos[t] never contribute, and slots past the last position of s in the call are never
+ * read. Query head h reads KV head h / (n_head / n_kv_head) (GQA). Softmax
  * in f32 with `scale`. Work is split over the context (split-K, "flash decoding") when
  * there are few query tokens and long contexts, with a combine step; the split plan is
  * ql_cuda_attn_plan(). */
@@ -121,6 +122,8 @@ typedef struct ql_cuda_attn_plan_s {
     int32_t keys_per_split; /* a multiple of QL_CUDA_ATTN_TILE_KEYS */
     int32_t heads_per_cta;  /* query heads of one KV group handled by one thread block */
     int32_t n_head_chunks;  /* ceil(group / heads_per_cta) blocks per KV head */
+    int32_t tokens_per_cta; /* consecutive query tokens one block takes; the block loads each
+                               K/V tile once for those of them in one sequence (a run) */
 } ql_cuda_attn_plan_t;
 
 /* Keys staged in shared memory per step of the attention kernel. */
@@ -145,8 +148,8 @@ typedef struct ql_cuda_attn_args_s {
     int32_t max_blocks;
     int32_t n_seqs;
     int32_t max_pos;                 /* host: >= every pos[t] (sizes the split plan) */
-    const ql_cuda_attn_plan_t *plan; /* host; NULL: ql_cuda_attn_plan() for this call
-                                        with the current device's SM count */
+    const ql_cuda_attn_plan_t *plan; /* host; NULL: ql_cuda_attn_plan() for this call (one
+                                        token per block, the device's SM count) */
     void *work;                      /* scratch of ql_cuda_attn_work_bytes(plan) bytes (NULL
                                         when that is 0); ql_cuda_attn_work_bytes_max() bounds
                                         it for every call of a backend */
@@ -158,6 +161,13 @@ typedef struct ql_cuda_attn_args_s {
  *  mostly idle. @return 0 or QL_EINVAL. Thread: any; no device needed. */
 QL_API int ql_cuda_attn_plan(int64_t n_tok, int32_t n_head, int32_t n_kv_head, int32_t max_pos,
                              int32_t n_sm, ql_cuda_attn_plan_t *out);
+/** The same for a batch whose longest run of consecutive query tokens of one sequence (at
+ *  consecutive positions: a prefill chunk, a speculative verify) is max_run tokens: a block
+ *  then takes up to that many tokens (tokens_per_cta), so their keys are read once.
+ *  max_run 1 (decode only) is ql_cuda_attn_plan(). @return 0 or QL_EINVAL. */
+QL_API int ql_cuda_attn_plan_runs(int64_t n_tok, int32_t n_head, int32_t n_kv_head,
+                                  int32_t max_pos, int32_t max_run, int32_t n_sm,
+                                  ql_cuda_attn_plan_t *out);
 /** Scratch bytes ql_cuda_attn_paged() needs for `plan` (0 when it does not split). */
 QL_API size_t ql_cuda_attn_work_bytes(const ql_cuda_attn_plan_t *plan, int64_t n_tok,
                                       int32_t n_head, int32_t head_dim);

@@ -122,6 +122,14 @@ static void test_attn_plan(void **state) {
     assert_int_equal(ql_cuda_attn_plan(1, 8, 2, -1, 132, &p), QL_EINVAL);
     assert_int_equal(ql_cuda_attn_plan(1, 8, 2, 10, 0, &p), QL_EINVAL);
     assert_int_equal(ql_cuda_attn_plan(1, 8, 2, 10, 132, NULL), QL_EINVAL);
+    assert_int_equal(ql_cuda_attn_plan_runs(1, 8, 2, 10, 0, 132, &p), QL_EINVAL);
+    /* a run of a prefill chunk: SmolLM2's group of 3 takes 5 tokens a block (15 rows) */
+    assert_int_equal(ql_cuda_attn_plan_runs(512, 9, 3, 511, 512, 132, &p), 0);
+    assert_int_equal(p.heads_per_cta, 3);
+    assert_int_equal(p.tokens_per_cta, 5);
+    /* a group of 16 fills a block alone */
+    assert_int_equal(ql_cuda_attn_plan_runs(512, 32, 2, 511, 512, 132, &p), 0);
+    assert_int_equal(p.tokens_per_cta, 1);
 
     /* a prefill-sized grid fills the device alone: no split */
     assert_int_equal(ql_cuda_attn_plan(512, 9, 3, 999, 132, &p), 0);
@@ -151,10 +159,27 @@ static void test_attn_plan(void **state) {
                 assert_true((int64_t)p.n_splits * p.keys_per_split >= (int64_t)max_pos + 1);
                 assert_true((int64_t)(p.n_splits - 1) * p.keys_per_split < (int64_t)max_pos + 1);
                 assert_true(p.n_splits >= 1 && p.n_splits <= 65535);
+                assert_int_equal(p.tokens_per_cta, 1);
                 const size_t wb = ql_cuda_attn_work_bytes(&p, n_tok, n_head, 128);
                 assert_true((p.n_splits == 1) == (wb == 0));
                 /* the backend's one allocation covers every call up to its limits */
-                assert_true(wb <= ql_cuda_attn_work_bytes_max(300, n_head, n_kv, 128, 40000, 132));
+                const size_t wb_max =
+                    ql_cuda_attn_work_bytes_max(300, n_head, n_kv, 128, 40000, 132);
+                assert_true(wb <= wb_max);
+                /* runs of tokens: a block's rows still fit, and the scratch bound holds */
+                const int32_t runs[] = {1, 2, 7, 64};
+                for (size_t ri = 0; ri < QL_ARRAY_LEN(runs); ri++) {
+                    ql_cuda_attn_plan_t pr;
+                    assert_int_equal(ql_cuda_attn_plan_runs(n_tok, n_head, n_kv, max_pos, runs[ri],
+                                                            132, &pr),
+                                     0);
+                    assert_true(pr.tokens_per_cta >= 1 && pr.tokens_per_cta <= runs[ri]);
+                    assert_true(pr.tokens_per_cta * pr.heads_per_cta <= QL_CUDA_ATTN_MAX_ROWS);
+                    assert_int_equal(pr.heads_per_cta, p.heads_per_cta);
+                    assert_int_equal(pr.keys_per_split % QL_CUDA_ATTN_TILE_KEYS, 0);
+                    assert_true((int64_t)pr.n_splits * pr.keys_per_split >= (int64_t)max_pos + 1);
+                    assert_true(ql_cuda_attn_work_bytes(&pr, n_tok, n_head, 128) <= wb_max);
+                }
             }
         }
     }
@@ -243,14 +268,21 @@ static void test_wrapper_args(void **state) {
     a.pos = NULL;
     assert_int_equal(ql_cuda_attn_paged(&a, NULL), bad);
     a.pos = &id;
+    const ql_cuda_attn_plan_t rows_plan = {.n_splits = 1, .keys_per_split = 32,
+                                           .heads_per_cta = 2, .n_head_chunks = 1,
+                                           .tokens_per_cta = 9}; /* 18 rows > 16 */
+    a.plan = &rows_plan;
+    assert_int_equal(ql_cuda_attn_paged(&a, NULL), bad);
     const ql_cuda_attn_plan_t short_plan = {.n_splits = 1, .keys_per_split = 32,
-                                            .heads_per_cta = 2, .n_head_chunks = 1};
+                                            .heads_per_cta = 2, .n_head_chunks = 1,
+                                            .tokens_per_cta = 1};
     a.plan = &short_plan;
     a.max_pos = 40; /* the plan covers 32 keys only */
     assert_int_equal(ql_cuda_attn_paged(&a, NULL), bad);
     a.max_pos = 0;
     const ql_cuda_attn_plan_t split_plan = {.n_splits = 2, .keys_per_split = 32,
-                                            .heads_per_cta = 2, .n_head_chunks = 1};
+                                            .heads_per_cta = 2, .n_head_chunks = 1,
+                                            .tokens_per_cta = 1};
     a.plan = &split_plan; /* splits need scratch, and none is given */
     assert_int_equal(ql_cuda_attn_paged(&a, NULL), bad);
     a.plan = NULL;
@@ -601,12 +633,18 @@ static void run_attn_case(const attn_case_t *ac, uint64_t seed) {
     float *got = xmalloc_test((size_t)(n_tok * qd) * 4);
     uint16_t *got16 = xmalloc_test((size_t)(n_tok * ldo) * 2);
 
-    for (int variant = 0; variant < 2; variant++) {
+    static const char *const variant_name[] = {"auto", "runs", "runs+split/32", "split/32"};
+    for (int variant = 0; variant < 4; variant++) {
         ql_cuda_attn_plan_t plan;
-        /* variant 0: the plan the wrapper makes for this device; 1: split every 32 keys (the
-         * most splits, many of them empty for the short tokens: the combine's edge cases) */
-        assert_int_equal(ql_cuda_attn_plan(n_tok, n_head, n_kv, max_pos, 132, &plan), 0);
-        if (variant == 1) {
+        /* 0: the plan the wrapper makes for this device (a token per block); 1: runs of the
+         * prefill chunks' tokens per block; 2: runs, and a split every 32 keys (the most
+         * splits, many empty for the short tokens and for the early rows of a run: the
+         * combine's edge cases); 3: a token per block, split every 32 keys */
+        assert_int_equal(ql_cuda_attn_plan_runs(n_tok, n_head, n_kv, max_pos,
+                                                variant == 1 || variant == 2 ? ac->chunk : 1, 132,
+                                                &plan),
+                         0);
+        if (variant >= 2) {
             plan.keys_per_split = QL_CUDA_ATTN_TILE_KEYS;
             plan.n_splits = (max_pos + 1 + QL_CUDA_ATTN_TILE_KEYS - 1) / QL_CUDA_ATTN_TILE_KEYS;
         }
@@ -619,7 +657,7 @@ static void run_attn_case(const attn_case_t *ac, uint64_t seed) {
                                  .scale = scale, .pos = d_pos, .seq_of = d_seq,
                                  .block_tables = d_tab, .max_blocks = max_blocks,
                                  .n_seqs = n_seqs, .max_pos = max_pos,
-                                 .plan = variant == 1 ? &plan : NULL, .work = d_work,
+                                 .plan = variant == 0 ? NULL : &plan, .work = d_work,
                                  .work_bytes = wb};
         assert_int_equal(ql_cuda_attn_paged(&a, NULL), 0);
         dev_get(got16, d_out, (size_t)(n_tok * ldo) * 2);
@@ -628,8 +666,9 @@ static void run_attn_case(const attn_case_t *ac, uint64_t seed) {
             for (int64_t i = qd; i < ldo; i++) assert_int_equal(got16[t * ldo + i], 0x1234);
         }
         char what[96];
-        snprintf(what, sizeof(what), "attn D%d bs%d kv%d g%d %s (%lld tok)", D, bs, n_kv,
-                 ac->group, variant ? "split/32" : "auto", (long long)n_tok);
+        snprintf(what, sizeof(what), "attn D%d bs%d kv%d g%d %s (%lld tok, %d/cta)", D, bs, n_kv,
+                 ac->group, variant_name[variant], (long long)n_tok,
+                 variant == 0 ? 1 : (int)plan.tokens_per_cta);
         /* outputs are convex combinations of f16 values in [-1, 1]; the f16 output costs
          * 2^-11 relative (4.9e-4 at |out| = 1), the f32 softmax and sums in another order
          * ~1e-6: FlashInfer's f16 tolerance, atol = rtol = 1e-3 */
@@ -662,7 +701,7 @@ static void test_attention(void **state) {
     static const int32_t lens_b[] = {1, 2, 3, 64};
     static const int32_t lens_c[] = {300, 5, 1};
     static const int32_t lens_d[] = {1000};
-    static const int32_t lens_e[] = {999, 1};
+    static const int32_t lens_e[] = {1, 999}; /* odd sequences prefill */
     const attn_case_t cases[] = {
         {64, 16, 3, 3, 5, lens_a, 40},  /* SmolLM2's heads, mixed decode and prefill */
         {128, 1, 2, 4, 4, lens_b, 64},  /* block size 1 */
