@@ -416,9 +416,10 @@ static __global__ void __launch_bounds__(SAMPLE_THREADS)
             if (threadIdx.x == 0) {
                 const float px = pi[d];
                 const float qx = a.q ? a.q[(s * K + i) * V + d] : 1.0f;
-                /* u < min(1, p/q)  <=>  u·q < p  for u in [0, 1), q >= 0 (no division) */
+                /* u < min(1, p/q)  <=>  u·q < p  for u in [0, 1), q > 0 (no division); a
+                 * draft its drafter gave q = 0 is rejected, as scheduler/spec.c does */
                 const double u = ql_cuda_rng_uniform(&a.rng[s]);
-                verdict_sh = u * (double)qx < (double)px;
+                verdict_sh = qx > 0.0f && u * (double)qx < (double)px;
             }
             __syncthreads();
             const int accept = verdict_sh;
