@@ -1329,6 +1329,108 @@ static void test_spec_greedy(void **state) {
     free(p);
 }
 
+/* The walk of scheduler/spec.c: the first token of non-zero weight whose cumulative weight
+ * passes target, else the last of non-zero weight. */
+static int32_t walk_ids(const float *w, int32_t n, double target) {
+    double cum = 0.0;
+    int32_t tok = -1;
+    for (int32_t t = 0; t < n; t++) {
+        if (w[t] <= 0.0f) continue;
+        cum += w[t];
+        tok = t;
+        if (target < cum) break;
+    }
+    return tok;
+}
+
+/* Sampled accept/reject replayed on the host from the same generator states: the same
+ * decisions, draws and tokens (the correction's walk up to f32 rounding of its target). */
+static void test_spec_replay(void **state) {
+    (void)state;
+    NEED_DEVICE();
+    uint64_t rng = 21;
+    const int32_t V = 50, K = 3, S = 256;
+    const size_t np = (size_t)S * (K + 1) * V, nq = (size_t)S * K * V;
+    float *p = xmalloc_test(np * 4), *q = xmalloc_test(nq * 4), *r = xmalloc_test((size_t)V * 4);
+    int32_t *draft = xmalloc_test((size_t)S * K * 4), *n_draft = xmalloc_test((size_t)S * 4);
+    int32_t *greedy = xmalloc_test((size_t)S * 4), *nacc = xmalloc_test((size_t)S * 4);
+    int32_t *tok = xmalloc_test((size_t)S * (K + 1) * 4);
+    uint64_t *rs = xmalloc_test((size_t)S * 8), *rs_after = xmalloc_test((size_t)S * 8);
+    for (int s = 0; s < S; s++) {
+        for (int i = 0; i <= K; i++) random_dist(p + ((size_t)s * (K + 1) + i) * V, V, &rng, 0.0f);
+        for (int i = 0; i < K; i++) {
+            float *qi = q + ((size_t)s * K + i) * V;
+            random_dist(qi, V, &rng, 0.0f);
+            draft[s * K + i] = draw(qi, V, &rng);
+        }
+        /* p close to q on some sequences, so that both accepts and rejects are common */
+        if (s % 2)
+            for (int i = 0; i < K; i++)
+                memcpy(p + ((size_t)s * (K + 1) + i) * V, q + ((size_t)s * K + i) * V, (size_t)V * 4);
+        n_draft[s] = rng_i(&rng, K + 1);
+        greedy[s] = 0;
+        rs[s] = rng_next(&rng);
+    }
+    float *d_p = dev_new(p, np * 4), *d_q = dev_new(q, nq * 4);
+    int32_t *d_draft = dev_new(draft, (size_t)S * K * 4), *d_nd = dev_new(n_draft, (size_t)S * 4);
+    int32_t *d_gr = dev_new(greedy, (size_t)S * 4);
+    uint64_t *d_rng = dev_new(rs, (size_t)S * 8);
+    int32_t *d_nacc = dev_new(NULL, (size_t)S * 4), *d_tok = dev_new(NULL, (size_t)S * (K + 1) * 4);
+    ql_cuda_spec_args_t a = {.p = d_p, .q = d_q, .draft = d_draft, .n_draft = d_nd, .greedy = d_gr,
+                             .rng = d_rng, .n_seqs = S, .k_max = K, .n_vocab = V};
+    assert_int_equal(ql_cuda_spec_verify(&a, d_nacc, d_tok, NULL), 0);
+    dev_get(nacc, d_nacc, (size_t)S * 4);
+    dev_get(tok, d_tok, (size_t)S * (K + 1) * 4);
+    dev_get(rs_after, d_rng, (size_t)S * 8);
+    int n_rejected = 0, n_all = 0;
+    for (int s = 0; s < S; s++) {
+        uint64_t st = rs[s];
+        int32_t i = 0, last = -1;
+        double target = 0.0, z = 0.0;
+        const float *w = NULL;
+        for (; i < n_draft[s]; i++) {
+            const float *pi = p + ((size_t)s * (K + 1) + i) * V, *qi = q + ((size_t)s * K + i) * V;
+            const int32_t x = draft[s * K + i];
+            const double u = ql_cuda_rng_uniform(&st);
+            if (qi[x] > 0.0f && u * (double)qi[x] < (double)pi[x]) continue;
+            z = 0.0;
+            for (int32_t t = 0; t < V; t++) z += (r[t] = fmaxf(0.0f, pi[t] - qi[t]));
+            w = r;
+            if (!(z > 0.0)) {
+                w = pi, z = 0.0;
+                for (int32_t t = 0; t < V; t++) z += pi[t];
+            }
+            target = ql_cuda_rng_uniform(&st) * z;
+            last = walk_ids(w, V, target);
+            n_rejected++;
+            break;
+        }
+        if (i == n_draft[s]) { /* the bonus token from p_k */
+            w = p + ((size_t)s * (K + 1) + i) * V;
+            z = 0.0;
+            for (int32_t t = 0; t < V; t++) z += w[t];
+            target = ql_cuda_rng_uniform(&st) * z;
+            last = walk_ids(w, V, target);
+            n_all++;
+        }
+        assert_int_equal(nacc[s], i);
+        assert_true(rs_after[s] == st); /* the same number of draws */
+        for (int32_t j = 0; j < i; j++) assert_int_equal(tok[s * (K + 1) + j], draft[s * K + j]);
+        const int32_t got = tok[s * (K + 1) + i];
+        if (got != last && got != walk_ids(w, V, target - 1e-5 * z) &&
+            got != walk_ids(w, V, target + 1e-5 * z))
+            fail_msg("seq %d: device emitted %d at %d, the replay %d", s, (int)got, (int)i, (int)last);
+        for (int32_t j = i + 1; j <= K; j++) assert_int_equal(tok[s * (K + 1) + j], -1);
+    }
+    printf("    spec replay: %d sequences, %d with a rejection, %d all accepted\n", S, n_rejected,
+           n_all);
+    assert_true(n_rejected > 20 && n_all > 20); /* both paths taken */
+    ql_cuda_mem_free(d_p), ql_cuda_mem_free(d_q), ql_cuda_mem_free(d_draft), ql_cuda_mem_free(d_nd);
+    ql_cuda_mem_free(d_gr), ql_cuda_mem_free(d_rng), ql_cuda_mem_free(d_nacc), ql_cuda_mem_free(d_tok);
+    free(p), free(q), free(r), free(draft), free(n_draft), free(greedy), free(nacc), free(tok);
+    free(rs), free(rs_after);
+}
+
 /* Sampled: the first emitted token follows p_0, and the second, given the first draft was
  * accepted, follows p_1; with a drafter's q and with a deterministic drafter (q NULL). */
 static void test_spec_distribution(void **state) {
@@ -1419,6 +1521,7 @@ int main(void) {
         cmocka_unit_test(test_sampling_seeded_and_errors),
         cmocka_unit_test(test_sampling_chi2),
         cmocka_unit_test(test_spec_greedy),
+        cmocka_unit_test(test_spec_replay),
         cmocka_unit_test(test_spec_distribution),
     };
     return cmocka_run_group_tests_name("cuda-kernels", tests, NULL, NULL);
