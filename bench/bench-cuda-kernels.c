@@ -203,7 +203,8 @@ int main(int argc, char **argv) {
         return 2;
     }
     if (!ql_cuda_compiled() || ql_cuda_device_count() == 0) {
-        printf("bench-cuda-kernels: no CUDA device (or CUDA not compiled in): nothing to measure\n");
+        printf("bench-cuda-kernels: no CUDA device (or CUDA not compiled in): nothing to "
+               "measure\n");
         return 77; /* "skipped", as bench-gpu */
     }
     ql_cuda_device_info_t info;
@@ -211,7 +212,7 @@ int main(int argc, char **argv) {
     printf("device 0: %s, %d SMs, peak DRAM %.0f GB/s; %d iterations per figure\n", info.name,
            info.n_sm, info.mem_bandwidth_bytes_s * 1e-9, iters);
     const shape_t shapes[] = {{"smollm2", 9, 3, 64}, {"llama3-8b", 32, 8, 128}};
-    printf("decode attention (one query token per sequence; KV bytes each sequence's keys hold):\n");
+    printf("decode attention (a query token per sequence; GB/s of the K/V its keys hold):\n");
     for (size_t s = 0; s < 2; s++) {
         const int batches[] = {1, 8, 32, 64}, ctxs[] = {512, 2048, 8192};
         for (int b = 0; b < 4; b++)

@@ -214,8 +214,9 @@ static __global__ void __launch_bounds__(ATTN_THREADS) attn_paged_kernel(const a
 
 /* grid: x = query token, y = query head; block: D threads, one output dim each. */
 template <int D>
-static __global__ void attn_combine_kernel(const float *__restrict__ part, uint16_t *__restrict__ out,
-                                           int64_t ldo, int32_t n_head, int32_t n_splits) {
+static __global__ void attn_combine_kernel(const float *__restrict__ part,
+                                           uint16_t *__restrict__ out, int64_t ldo,
+                                           int32_t n_head, int32_t n_splits) {
     const int64_t t = blockIdx.x;
     const int h = (int)blockIdx.y, d = (int)threadIdx.x;
     const float *pp = part + (t * n_head + h) * n_splits * (int64_t)(D + 2);

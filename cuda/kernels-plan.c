@@ -5,11 +5,12 @@
 #include "cuda/kernels.h"
 
 /* NOTE(split-k): a thread block carries a run of query tokens (NOTE(attn-runs)) and up to
- * QL_CUDA_ATTN_MAX_ROWS query rows of one KV group and streams those tokens' keys. With many tokens (prefill, big decode
- * batches) the grid fills the device by itself; with few tokens and long contexts a block
- * would stream thousands of keys while most multiprocessors idle, so the context is split
- * into chunks of at least SPLIT_KEYS_MIN keys (below that the combine step costs more than it
- * saves), enough of them for about SPLIT_WAVES blocks per multiprocessor. */
+ * QL_CUDA_ATTN_MAX_ROWS query rows of one KV group and streams those tokens' keys. With many
+ * tokens (prefill, big decode batches) the grid fills the device by itself; with few tokens
+ * and long contexts a block would stream thousands of keys while most multiprocessors idle,
+ * so the context is split into chunks of at least SPLIT_KEYS_MIN keys (below that the
+ * combine step costs more than it saves), enough of them for about SPLIT_WAVES blocks per
+ * multiprocessor. */
 #define SPLIT_KEYS_MIN 256
 #define SPLIT_WAVES 2
 /* Grid y and z are limited to 65535 blocks. */

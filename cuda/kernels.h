@@ -285,7 +285,8 @@ QL_API int ql_cuda_sample_probs(const ql_cuda_sample_args_t *a, float *probs, vo
  * p_k (the host samples it from the logits).
  * For i = 0..k-1: draw u; accept d_i when u < min(1, p_i(d_i) / q_i(d_i)) (never when
  * q_i(d_i) = 0); on the first rejection draw once more and sample the correction from
- * normalize(max(0, p_i − q_i)) (p_i when that is all zero), and stop. When all k are accepted draw once more and sample the bonus token from p_k.
+ * normalize(max(0, p_i − q_i)) (p_i when that is all zero), and stop. When all k are
+ * accepted draw once more and sample the bonus token from p_k.
  * greedy[s] != 0 (temperature 0): accept d_i iff it is argmax p_i (ties: lowest id); the
  * correction or bonus is that argmax; nothing is drawn.
  * Output: n_accepted[s] = accepted drafts, tokens_out[s][0 .. n_accepted[s]] the accepted

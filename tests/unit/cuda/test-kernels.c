@@ -235,7 +235,8 @@ static void test_wrapper_args(void **state) {
     assert_int_equal(ql_cuda_rmsnorm_residual(NULL, NULL, NULL, NULL, NULL, 0, 8, 1e-5f, NULL),
                      none);
     ql_cuda_rope_params_t rp = {.mode = 0, .n_rot = 64, .freq_base = 10000.0f, .freq_scale = 1.0f};
-    assert_int_equal(ql_cuda_rope(&rp, &f, 64, 1, NULL, 0, 0, 32, &id, 1, NULL), bad); /* n_rot > hd */
+    /* n_rot > head_dim */
+    assert_int_equal(ql_cuda_rope(&rp, &f, 64, 1, NULL, 0, 0, 32, &id, 1, NULL), bad);
     rp.n_rot = 63;
     assert_int_equal(ql_cuda_rope(&rp, &f, 64, 1, NULL, 0, 0, 64, &id, 1, NULL), bad); /* odd */
     rp.n_rot = 64;
@@ -340,7 +341,8 @@ static void test_embed(void **state) {
         void *d_table = dev_new(table, (size_t)(n_rows * dim) * 2);
         void *d_ids = dev_new(ids, (size_t)n_ids * 4);
         float *d_out = dev_new(NULL, (size_t)(n_ids * dim) * 4);
-        assert_int_equal(ql_cuda_embed_get_rows(d_out, d_table, n_rows, dim, d_ids, n_ids, NULL), 0);
+        assert_int_equal(
+            ql_cuda_embed_get_rows(d_out, d_table, n_rows, dim, d_ids, n_ids, NULL), 0);
         dev_get(got, d_out, (size_t)(n_ids * dim) * 4);
         /* f16 → f32 is exact on both sides */
         check_close("embed_get_rows", got, ref, n_ids * dim, 0.0, 0.0);
@@ -463,7 +465,8 @@ static void test_rope(void **state) {
         /* the angles are bit-identical and the rotation rounded alike (NOTE(rope-theta) in
          * cuda/k-rope.cu); sincosf is within 2 ulp of the host's cosf/sinf: a few 1e-7 on
          * values of size 2 */
-        float *gq = xmalloc_test((size_t)rc->n_tok * qd * 4), *gk = xmalloc_test((size_t)rc->n_tok * kd * 4);
+        float *gq = xmalloc_test((size_t)rc->n_tok * qd * 4);
+        float *gk = xmalloc_test((size_t)rc->n_tok * kd * 4);
         for (int t = 0; t < rc->n_tok; t++) {
             memcpy(gq + (int64_t)t * qd, got + t * ld, (size_t)qd * 4);
             memcpy(gk + (int64_t)t * kd, got + t * ld + qd, (size_t)kd * 4);
@@ -499,10 +502,12 @@ static void test_kv_write(void **state) {
         const int64_t n_tok = QL_MIN(n_slots, (int64_t)50);
         uint16_t *kp = xmalloc_test((size_t)pool_n * 2), *vp = xmalloc_test((size_t)pool_n * 2);
         uint16_t *gk = xmalloc_test((size_t)pool_n * 2), *gv = xmalloc_test((size_t)pool_n * 2);
-        float *k = xmalloc_test((size_t)(n_tok * ld) * 4), *v = xmalloc_test((size_t)(n_tok * ld) * 4);
+        float *k = xmalloc_test((size_t)(n_tok * ld) * 4);
+        float *v = xmalloc_test((size_t)(n_tok * ld) * 4);
         int32_t *slots = xmalloc_test((size_t)n_tok * 4), *perm = xmalloc_test((size_t)n_slots * 4);
         for (int64_t i = 0; i < pool_n; i++) kp[i] = vp[i] = F16_NAN;
-        for (int64_t i = 0; i < n_tok * ld; i++) k[i] = rng_f(&rng, -8, 8), v[i] = rng_f(&rng, -8, 8);
+        for (int64_t i = 0; i < n_tok * ld; i++)
+            k[i] = rng_f(&rng, -8, 8), v[i] = rng_f(&rng, -8, 8);
         for (int64_t i = 0; i < n_slots; i++) perm[i] = (int32_t)i;
         for (int64_t i = n_slots - 1; i > 0; i--) { /* distinct slots in random order */
             const int32_t j = rng_i(&rng, (int32_t)i + 1), tmp = perm[i];
@@ -512,9 +517,11 @@ static void test_kv_write(void **state) {
         if (n_tok > 2) slots[1] = -1; /* padding: skipped */
         if (n_tok > 3) slots[2] = (int32_t)n_slots; /* past the pool: skipped, not written */
         uint16_t *d_k = dev_new(kp, (size_t)pool_n * 2), *d_v = dev_new(vp, (size_t)pool_n * 2);
-        float *d_kin = dev_new(k, (size_t)(n_tok * ld) * 4), *d_vin = dev_new(v, (size_t)(n_tok * ld) * 4);
+        float *d_kin = dev_new(k, (size_t)(n_tok * ld) * 4);
+        float *d_vin = dev_new(v, (size_t)(n_tok * ld) * 4);
         int32_t *d_slots = dev_new(slots, (size_t)n_tok * 4);
-        assert_int_equal(ql_cuda_kv_write(&kv, d_k, d_v, d_kin, ld, d_vin, ld, d_slots, n_tok, NULL), 0);
+        assert_int_equal(
+            ql_cuda_kv_write(&kv, d_k, d_v, d_kin, ld, d_vin, ld, d_slots, n_tok, NULL), 0);
         dev_get(gk, d_k, (size_t)pool_n * 2);
         dev_get(gv, d_v, (size_t)pool_n * 2);
         for (int64_t t = 0; t < n_tok; t++) {
@@ -612,7 +619,8 @@ static void run_attn_case(const attn_case_t *ac, uint64_t seed) {
     int32_t max_pos = 0;
     for (int64_t t = 0; t < n_tok; t++) max_pos = QL_MAX(max_pos, pos[t]);
     const int64_t qd = (int64_t)n_head * D, ldq = qd + 3, ldo = qd + 5;
-    float *q = xmalloc_test((size_t)(n_tok * qd) * 4), *qpad = xmalloc_test((size_t)(n_tok * ldq) * 4);
+    float *q = xmalloc_test((size_t)(n_tok * qd) * 4);
+    float *qpad = xmalloc_test((size_t)(n_tok * ldq) * 4);
     for (int64_t i = 0; i < n_tok * ldq; i++) qpad[i] = rng_f(&rng, -1, 1);
     for (int64_t t = 0; t < n_tok; t++) memcpy(q + t * qd, qpad + t * ldq, (size_t)qd * 4);
     float *ref = xmalloc_test((size_t)(n_tok * qd) * 4);
@@ -773,7 +781,8 @@ static void test_swiglu_convert_softmax(void **state) {
     /* softmax rows */
     {
         const int64_t n_rows = 6, n = 49157;
-        float *x = xmalloc_test((size_t)(n_rows * n) * 4), *ref = xmalloc_test((size_t)(n_rows * n) * 4);
+        float *x = xmalloc_test((size_t)(n_rows * n) * 4);
+        float *ref = xmalloc_test((size_t)(n_rows * n) * 4);
         float *got = xmalloc_test((size_t)(n_rows * n) * 4);
         for (int64_t i = 0; i < n_rows * n; i++) x[i] = rng_f(&rng, -20, 20);
         x[2 * n + 5] = -INFINITY;            /* a masked entry */
@@ -1084,7 +1093,8 @@ static void test_sampling_vs_host(void **state) {
         ql_sampler_ws_free(ws);
         ql_cuda_mem_free(probs), ql_cuda_mem_free(d_tok);
         samp_dev_free(&d);
-        free(rows), free(logits), free(rs), free(got), free(ref), free(tok), free(order), free(rs_after);
+        free(rows), free(logits), free(rs), free(got), free(ref), free(tok), free(order);
+        free(rs_after);
         free(near_row);
     }
 }
@@ -1324,7 +1334,8 @@ static void test_spec_greedy(void **state) {
     }
     assert_int_equal(nacc[S - 1], -1);
     printf("    spec greedy: %d sequences exact\n", S - 1);
-    ql_cuda_mem_free(d_p), ql_cuda_mem_free(d_draft), ql_cuda_mem_free(d_nd), ql_cuda_mem_free(d_gr);
+    ql_cuda_mem_free(d_p), ql_cuda_mem_free(d_draft), ql_cuda_mem_free(d_nd);
+    ql_cuda_mem_free(d_gr);
     ql_cuda_mem_free(d_rng), ql_cuda_mem_free(d_nacc), ql_cuda_mem_free(d_tok);
     free(p);
 }
@@ -1366,7 +1377,8 @@ static void test_spec_replay(void **state) {
         /* p close to q on some sequences, so that both accepts and rejects are common */
         if (s % 2)
             for (int i = 0; i < K; i++)
-                memcpy(p + ((size_t)s * (K + 1) + i) * V, q + ((size_t)s * K + i) * V, (size_t)V * 4);
+                memcpy(p + ((size_t)s * (K + 1) + i) * V, q + ((size_t)s * K + i) * V,
+                       (size_t)V * 4);
         n_draft[s] = rng_i(&rng, K + 1);
         greedy[s] = 0;
         rs[s] = rng_next(&rng);
@@ -1419,14 +1431,16 @@ static void test_spec_replay(void **state) {
         const int32_t got = tok[s * (K + 1) + i];
         if (got != last && got != walk_ids(w, V, target - 1e-5 * z) &&
             got != walk_ids(w, V, target + 1e-5 * z))
-            fail_msg("seq %d: device emitted %d at %d, the replay %d", s, (int)got, (int)i, (int)last);
+            fail_msg("seq %d: device emitted %d at %d, the replay %d", s, (int)got, (int)i,
+                     (int)last);
         for (int32_t j = i + 1; j <= K; j++) assert_int_equal(tok[s * (K + 1) + j], -1);
     }
     printf("    spec replay: %d sequences, %d with a rejection, %d all accepted\n", S, n_rejected,
            n_all);
     assert_true(n_rejected > 20 && n_all > 20); /* both paths taken */
     ql_cuda_mem_free(d_p), ql_cuda_mem_free(d_q), ql_cuda_mem_free(d_draft), ql_cuda_mem_free(d_nd);
-    ql_cuda_mem_free(d_gr), ql_cuda_mem_free(d_rng), ql_cuda_mem_free(d_nacc), ql_cuda_mem_free(d_tok);
+    ql_cuda_mem_free(d_gr), ql_cuda_mem_free(d_rng), ql_cuda_mem_free(d_nacc);
+    ql_cuda_mem_free(d_tok);
     free(p), free(q), free(r), free(draft), free(n_draft), free(greedy), free(nacc), free(tok);
     free(rs), free(rs_after);
 }
@@ -1498,7 +1512,8 @@ static void test_spec_distribution(void **state) {
                    c1, pt[1], V, n1);
     }
     ql_cuda_mem_free(d_p), ql_cuda_mem_free(d_q), ql_cuda_mem_free(d_draft), ql_cuda_mem_free(d_nd);
-    ql_cuda_mem_free(d_gr), ql_cuda_mem_free(d_rng), ql_cuda_mem_free(d_nacc), ql_cuda_mem_free(d_tok);
+    ql_cuda_mem_free(d_gr), ql_cuda_mem_free(d_rng), ql_cuda_mem_free(d_nacc);
+    ql_cuda_mem_free(d_tok);
     free(p), free(q), free(draft), free(n_draft), free(greedy), free(nacc), free(tok), free(rs);
 }
 
