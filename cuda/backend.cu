@@ -289,6 +289,7 @@ typedef struct step_shape_s {
     int32_t n_rows;  /* logits rows computed */
     int32_t max_pos; /* >= every position of the step */
     int32_t stride;  /* block table row stride: blocks that cover positions 0..max_pos */
+    int32_t max_run; /* longest run of consecutive positions of one sequence (1: decode) */
 } step_shape_t;
 
 static int enqueue_step(cuda_backend_t *be, const step_shape_t *sh) {
@@ -313,8 +314,10 @@ static int enqueue_step(cuda_backend_t *be, const step_shape_t *sh) {
     aa.n_seqs = sh->n_seqs;
     aa.max_pos = sh->max_pos;
     ql_cuda_attn_plan_t plan;
-    QL_TRY(
-        ql_cuda_attn_plan(T, aa.n_head, (int32_t)be->hp.n_head_kv, sh->max_pos, be->n_sm, &plan));
+    /* a prefill chunk's tokens share their K/V tiles (runs); a decode step is one token per
+     * block */
+    QL_TRY(ql_cuda_attn_plan_runs(T, aa.n_head, (int32_t)be->hp.n_head_kv, sh->max_pos,
+                                  sh->max_run, be->n_sm, &plan));
     const size_t wb = ql_cuda_attn_work_bytes(&plan, T, aa.n_head, (int32_t)be->HD);
     if (wb > be->attn_work_bytes) {
         QL_LOG_ERROR("attention needs %zu bytes of scratch, %zu were sized at init", wb,
@@ -415,8 +418,14 @@ static int prepare_step(cuda_backend_t *be, const ql_batch_t *b, step_shape_t *s
     const ql_kv_layout_t *kv = &be->base.info.kv;
     const int32_t n = b->n_tokens;
     int decode = b->n_seqs == n && b->n_logits <= n;
-    int32_t max_pos = 0;
-    for (int32_t t = 0; t < n; t++) {
+    int32_t max_pos = 0, max_run = 1;
+    for (int32_t t = 0, run = 1; t < n; t++) {
+        if (t > 0) {
+            const int cont = b->seq_of_token[t] == b->seq_of_token[t - 1] &&
+                             b->pos[t] == b->pos[t - 1] + 1;
+            run = cont ? run + 1 : 1;
+            max_run = QL_MAX(max_run, run);
+        }
         if (b->tokens[t] < 0 || b->tokens[t] >= be->V) {
             QL_LOG_DEBUG("bad batch: token %d of row %d out of the vocabulary", b->tokens[t], t);
             return QL_EINVAL;
@@ -471,6 +480,7 @@ static int prepare_step(cuda_backend_t *be, const ql_batch_t *b, step_shape_t *s
     sh->n_rows = n_rows;
     sh->max_pos = bound; /* every step: the plans attn_work_max() sized the scratch for */
     sh->stride = stride;
+    sh->max_run = *bucket >= 0 ? 1 : max_run;
     if (*bucket < 0) *cbucket = -1;
     /* the whole record in one copy, the block tables as far as the step's rows */
     const size_t head = (size_t)((uint8_t *)h->block_tables - (uint8_t *)be->step_host);
@@ -686,9 +696,10 @@ static size_t carve(carve_t *c, size_t bytes) {
     return at;
 }
 
-/* The attention scratch the largest split plan of any step can ask for. Every step's
- * context bound is rounded up to a power of two (or n_ctx), so this visits every plan a
- * step can use. */
+/* The attention scratch the largest one-token-per-block split plan of any step can ask for
+ * (every step's context bound is rounded up to a power of two, or n_ctx, so this visits
+ * every such plan). Plans over runs of tokens are bounded by ql_cuda_attn_work_bytes_max(),
+ * and the backend allocates the larger of the two. */
 static size_t attn_work_max(const cuda_backend_t *be) {
     size_t m = 0;
     for (int32_t n = 1; n <= be->T; n++) {
