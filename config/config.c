@@ -132,6 +132,8 @@ static const opt_t k_opts[] = {
      "layerskip: the draft runs the target's first L layers"},
     {"spec-ngram-max", 0, OPT_INT, OFF(spec_ngram_max), 1, 16, NULL, "3", CMD_ENGINE, 0, "N",
      "ngram: longest n-gram looked up in the sequence"},
+    {"spec-fixed-k", 0, OPT_BOOL, OFF(spec_fixed_k), 0, 0, NULL, "false", CMD_ENGINE, 0, NULL,
+     "always draft --num-speculative-tokens (no adaptation to load and acceptance)"},
 
     /* run / tokenize */
     {"prompt", 'p', OPT_STR, OFF(prompt), 0, 0, NULL, NULL, QL_CMD_RUN, OPT_F_NOENV, "TEXT",

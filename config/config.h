@@ -93,6 +93,7 @@ typedef struct ql_config_s {
     int num_speculative_tokens;
     int spec_layers;          /* layerskip: draft = first L layers */
     int spec_ngram_max;       /* ngram: longest n-gram looked up */
+    int spec_fixed_k;         /* 1: k is always num_speculative_tokens (no load adaptation) */
 
     /* ---- run / tokenize ---- */
     char *prompt;

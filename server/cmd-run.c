@@ -206,6 +206,7 @@ int ql_cmd_run(const ql_config_t *cfg) {
         .spec_k = cfg->num_speculative_tokens,
         .spec_ngram_max = cfg->spec_ngram_max,
         .spec_layers = cfg->spec_layers,
+        .spec_fixed_k = cfg->spec_fixed_k,
     };
     rc = ql__draft_load(cfg, &m, 1, &draft, err, sizeof err);
     if (rc != 0) {

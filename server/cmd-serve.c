@@ -62,6 +62,7 @@ static void load_done(uv_work_t *w, int status) {
     ep.spec_k = cfg->num_speculative_tokens;
     ep.spec_ngram_max = cfg->spec_ngram_max;
     ep.spec_layers = cfg->spec_layers;
+    ep.spec_fixed_k = cfg->spec_fixed_k;
     char err[512] = "";
     int rc = ql_engine_init(&ep, s->model.backend, s->model.tok, &s->engine, err, sizeof err);
     if (rc != 0) {
