@@ -7,8 +7,8 @@
  *   1. prep_kernel:   raw NaN/+inf check, penalties and bias, the row max; temperature 0
  *                     rows are finished here (argmax, lowest id); the others get keys
  *                     (l − max) / temperature and ids 0..n_vocab−1;
- *   2. CUB's segmented radix sort, keys descending; it is stable, so equal keys keep their
- *      ids ascending: the host's order (key desc, id asc);
+ *   2. CUB's segmented radix sort of the rows top-k or top-p cut, keys descending; it is
+ *      stable, so equal keys keep their ids ascending: the host's order (key desc, id asc);
  *   3. select_kernel: top-k, top-p, min-p on the sorted row (or on the row in id order when
  *      neither top-k nor top-p is on, as the host walks it), then the draw (rows) or the
  *      distribution (probs).
@@ -147,6 +147,12 @@ static __device__ int64_t block_argmax(const float *x, int64_t n, float *sh, int
 
 /* ---- step 1-4: penalties, bias, max, greedy, keys ---- */
 
+/* Whether a row at temperature > 0 is cut by top-k or top-p, so walked in sorted order. */
+static __device__ __forceinline__ bool row_sorts(const ql_cuda_sample_params_t &P,
+                                                 int32_t n_vocab) {
+    return (P.top_k > 0 && P.top_k < n_vocab) || P.top_p < 1.0f;
+}
+
 static __device__ __forceinline__ float clamp_finite(float x) {
     return fminf(fmaxf(x, -FLT_MAX), FLT_MAX);
 }
@@ -154,7 +160,8 @@ static __device__ __forceinline__ float clamp_finite(float x) {
 typedef struct sample_work_s {
     float *keys_in, *keys_out;  /* [n_rows][n_vocab] */
     int32_t *ids_in, *ids_out;  /* [n_rows][n_vocab] */
-    int32_t *offsets;           /* [n_rows + 1] segment starts */
+    int32_t *seg_begin;         /* [n_rows] row r's segment of the sort: [begin, end) */
+    int32_t *seg_end;           /* [n_rows] begin + n_vocab, or begin: not sorted */
     int32_t *status;            /* [n_rows] token, QL_CUDA_SAMPLE_*, or ROW_PENDING */
     void *cub_tmp;
     size_t cub_bytes;
@@ -197,8 +204,9 @@ static __global__ void __launch_bounds__(SAMPLE_THREADS)
         w.ids_in[row + i] = (int32_t)i;
         m = fmaxf(m, x);
     }
-    if (threadIdx.x == 0) w.offsets[r] = (int32_t)row;
-    if (r == n_rows - 1 && threadIdx.x == 0) w.offsets[n_rows] = (int32_t)(row + V);
+    /* NOTE(sort-rows): only rows select_kernel walks in sorted order are sorted; the others
+     * get an empty segment (greedy, temperature alone, min-p alone, and broken rows) */
+    if (threadIdx.x == 0) w.seg_begin[r] = w.seg_end[r] = (int32_t)row;
     bad = ql_k_block_max(bad, sh);
     m = ql_k_block_max(m, sh);
     if (bad > 0.0f) {
@@ -218,7 +226,10 @@ static __global__ void __launch_bounds__(SAMPLE_THREADS)
     }
     /* NOTE(temperature) in scheduler/sampling.c: (l − m) / t stays <= 0 and never +inf */
     for (int64_t i = threadIdx.x; i < V; i += blockDim.x) l[i] = (l[i] - m) / P.temperature;
-    if (threadIdx.x == 0) w.status[r] = ROW_PENDING;
+    if (threadIdx.x == 0) {
+        w.status[r] = ROW_PENDING;
+        if (row_sorts(P, n_vocab)) w.seg_end[r] = (int32_t)(row + V);
+    }
 }
 
 /* ---- steps 5-8 ---- */
@@ -246,8 +257,9 @@ static __global__ void __launch_bounds__(SAMPLE_THREADS)
     const ql_cuda_sample_params_t P = params[r];
     const bool topk = P.top_k > 0 && P.top_k < n_vocab;
     const bool topp = P.top_p < 1.0f;
-    /* the host walks the sorted order once top-k or top-p has sorted, else id order */
-    const bool sorted = topk || topp;
+    /* the host walks the sorted order once top-k or top-p has sorted, else id order; prep
+     * gave exactly these rows a segment of the sort */
+    const bool sorted = row_sorts(P, n_vocab);
     const float *key = (sorted ? w.keys_out : w.keys_in) + row;
     const int32_t *ids = (sorted ? w.ids_out : w.ids_in) + row;
     int64_t n = topk ? P.top_k : V;
@@ -291,8 +303,10 @@ static size_t work_layout(char *base, int64_t n_rows, int32_t n_vocab, size_t cu
     off += align_up(nv * sizeof(int32_t));
     w->ids_out = (int32_t *)(base + off);
     off += align_up(nv * sizeof(int32_t));
-    w->offsets = (int32_t *)(base + off);
-    off += align_up(((size_t)n_rows + 1) * sizeof(int32_t));
+    w->seg_begin = (int32_t *)(base + off);
+    off += align_up((size_t)n_rows * sizeof(int32_t));
+    w->seg_end = (int32_t *)(base + off);
+    off += align_up((size_t)n_rows * sizeof(int32_t));
     w->status = (int32_t *)(base + off);
     off += align_up((size_t)n_rows * sizeof(int32_t));
     w->cub_tmp = base + off;
@@ -345,13 +359,13 @@ static int sample_run(const ql_cuda_sample_args_t *a, int32_t *tokens_out, float
     prep_kernel<<<(unsigned)a->n_rows, SAMPLE_THREADS, 0, st>>>(
         a->logits, a->n_rows, a->n_vocab, a->params, a->in_prompt, a->out_counts, a->bias, w);
     QL_K_LAUNCH_CHECK();
-    /* NOTE(sort-all): rows at temperature 0 or without top-k/top-p are sorted too (their
-     * keys are whatever prep left); which rows need it is known only on the device */
+    /* which rows need the sort is known only on the device: the others' segments are empty
+     * (NOTE(sort-rows)) */
     const int n_items = (int)(a->n_rows * a->n_vocab);
     QL_CUDA_TRY(cub::DeviceSegmentedRadixSort::SortPairsDescending(
         w.cub_tmp, w.cub_bytes, (const float *)w.keys_in, w.keys_out,
         (const int32_t *)w.ids_in, w.ids_out, n_items, (int)a->n_rows,
-        (const int32_t *)w.offsets, (const int32_t *)(w.offsets + 1), 0, 32, st));
+        (const int32_t *)w.seg_begin, (const int32_t *)w.seg_end, 0, 32, st));
     select_kernel<<<(unsigned)a->n_rows, SAMPLE_THREADS, 0, st>>>(a->n_vocab, a->params, a->rng,
                                                                   w, tokens_out, probs);
     QL_K_LAUNCH_CHECK();
