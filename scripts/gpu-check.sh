@@ -12,6 +12,7 @@
 #                        dequantized to f16 at upload) shapes, into a temporary folder
 #   OUTDIR/bench.log     bench-gpu on both: prefill tok/s, decode tok/s at batch 1, 8, 64, 256,
 #                        the batch-1 bandwidth bound; smollm2 again without CUDA graphs
+#   OUTDIR/bench-kernels.log  bench-cuda-kernels: the kernels alone against the DRAM peak
 #   OUTDIR/bench-*.json  each run's figures;  OUTDIR/results.json  all of it, and each step's
 #                        status and seconds
 #
@@ -130,7 +131,7 @@ if step configure "$OUT/build.log" 60 400 cmake "${CM_ARGS[@]}" &&
     BUILT=1
 else
     # the benchmark and mkmodel may still build when something else (a test) does not
-    step build-bench "$OUT/build.log" 120 220 cmake --build "$BUILD" -j "$JOBS" --target quill bench-gpu &&
+    step build-bench "$OUT/build.log" 120 220 cmake --build "$BUILD" -j "$JOBS" --target quill bench-gpu bench-cuda-kernels &&
         BUILT=1
 fi
 grep -q 'QL_CUDA:BOOL=ON' "$BUILD/CMakeCache.txt" 2>/dev/null ||
@@ -183,9 +184,11 @@ fi
 : >"$OUT/bench.log"
 BENCH="$BUILD/bench-gpu"
 if [ $HAVE_GPU -eq 1 ] && [ -x "$BENCH" ]; then
-    [ -f "$SMOL" ] && step bench-smollm2 "$OUT/bench.log" 60 80 "$BENCH" --model "$SMOL" --json "$OUT/bench-smollm2-135m.json"
-    [ -f "$BIG" ] && step bench-8b "$OUT/bench.log" 150 15 "$BENCH" --model "$BIG" --json "$OUT/bench-$BIG_SHAPE.json"
-    [ -f "$SMOL" ] && step bench-smollm2-eager "$OUT/bench.log" 40 0 env QL_CUDA_GRAPHS=0 "$BENCH" --model "$SMOL" --batch 1,64 --reps 2 --json "$OUT/bench-smollm2-135m-eager.json"
+    [ -f "$SMOL" ] && step bench-smollm2 "$OUT/bench.log" 60 90 "$BENCH" --model "$SMOL" --json "$OUT/bench-smollm2-135m.json"
+    [ -f "$BIG" ] && step bench-8b "$OUT/bench.log" 150 45 "$BENCH" --model "$BIG" --json "$OUT/bench-$BIG_SHAPE.json"
+    # the kernels alone (bench/bench-cuda-kernels.c), then smollm2 without graphs
+    [ -x "$BUILD/bench-cuda-kernels" ] && step bench-kernels "$OUT/bench-kernels.log" 25 20 "$BUILD/bench-cuda-kernels" 20
+    [ -f "$SMOL" ] && step bench-smollm2-eager "$OUT/bench.log" 20 0 env QL_CUDA_GRAPHS=0 "$BENCH" --model "$SMOL" --batch 1,64 --reps 2 --json "$OUT/bench-smollm2-135m-eager.json"
     [ -f "$SMOL" ] && [ -f "$BIG" ] || say "bench: a model is missing (see mkmodel.log)"
 else
     say "bench: skipped ($([ $HAVE_GPU -eq 1 ] && echo "bench-gpu was not built" || echo "no device"))"
