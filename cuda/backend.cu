@@ -175,6 +175,7 @@ typedef struct cuda_backend_s {
     int graphs_on;
     int n_buckets;
     cudaGraphExec_t graphs[QL_CUDA_N_BUCKETS][QL_CUDA_N_CTX_BUCKETS];
+    uint8_t graph_warm[QL_CUDA_N_BUCKETS][QL_CUDA_N_CTX_BUCKETS]; /* ran eagerly once */
 
     long trap_after; /* NOTE(fault-injection): steps before a real device fault; −1 = never */
     int faulted;     /* a device error happened: everything fails from now on */
@@ -386,6 +387,12 @@ static int ctx_bucket(int32_t max_pos, int32_t n_ctx, int32_t *bound) {
 static int launch_step(cuda_backend_t *be, const step_shape_t *sh, int bucket, int cbucket) {
     if (bucket < 0 || !be->graphs_on) return enqueue_step(be, sh);
     cudaGraphExec_t *slot = &be->graphs[bucket][cbucket];
+    if (!*slot && !be->graph_warm[bucket][cbucket]) {
+        /* NOTE(graph-warm-up): the first step of a shape runs eagerly (the same bits), so that
+         * the kernels and cuBLAS's choices are loaded before anything is captured */
+        be->graph_warm[bucket][cbucket] = 1;
+        return enqueue_step(be, sh);
+    }
     if (!*slot) {
         cudaGraph_t g = NULL;
         QL_CU(cudaStreamBeginCapture(be->stream, cudaStreamCaptureModeThreadLocal));
