@@ -139,7 +139,13 @@ def check_k8s(kdir, versions):
             problem(kust_path, f"resource {f} does not exist")
             continue
         docs += [(p, d) for d in load_all(p)]
-    for p, d in docs:
+    # helper resources applied by hand (tools/): validated too, but not cross-checked
+    tools = os.path.join(kdir, "tools")
+    extra = []
+    if os.path.isdir(tools):
+        for f in sorted(os.listdir(tools)):
+            extra += [(os.path.join(tools, f), d) for d in load_all(os.path.join(tools, f))]
+    for p, d in docs + extra:
         for v in versions:
             try:
                 kubernetes_validate.validate(d, v, strict=True)
@@ -148,7 +154,7 @@ def check_k8s(kdir, versions):
                 problem(p, f"{d.get('kind')} against Kubernetes {v}: {path}: {e.message}")
             except kubernetes_validate.SchemaNotFoundError as e:
                 problem(p, f"no schema: {e.message}")
-    print(f"check-deploy: {kdir}: {len(docs)} resources checked against Kubernetes "
+    print(f"check-deploy: {kdir}: {len(docs) + len(extra)} resources checked against Kubernetes "
           f"{', '.join(versions)}")
 
     by_kind = {}

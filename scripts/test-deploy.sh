@@ -6,7 +6,8 @@
 #   2. deploy/Dockerfile's CPU-only variant built on it with `podman build --isolation chroot`,
 #      target `test`: the CMake build, the unit tests, then deploy/test-image.sh inside the
 #      runtime image (only quill and what it links, non-root, quill serve, HEALTHCHECK...);
-#      then the default target, whose metadata (user, entrypoint, port, healthcheck) is checked;
+#      then the default target, whose metadata (user, entrypoint, port, healthcheck) is checked,
+#      and QL_CUDA=ON on a base without nvcc, which must be refused with its reason;
 #   3. every YAML file under deploy/ linted (yamllint), and the manifests checked by
 #      scripts/check-deploy.py: deploy/k8s/ against the Kubernetes schemas (kubernetes-validate),
 #      k8s and compose against quill's own options, routes and metrics; yamllint and
@@ -96,7 +97,8 @@ build=("${PODMAN[@]}" build --isolation chroot --format docker --pull=never -f d
 ca="${PIP_CERT:-${REQUESTS_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}}"
 [ ! -s "$ca" ] || build+=(--secret "id=pip-ca,src=$ca")
 step "podman build --target test (QL_CUDA=OFF, BAKE_MODEL=$BAKE): build, unit tests, test-image.sh"
-if ! nice "${build[@]}" --target test -t "$TEST_IMG" . >"$DCACHE/build.log" 2>&1; then
+if ! nice "${build[@]}" --build-arg "TEST_RUN=$(date +%s)" --target test -t "$TEST_IMG" . \
+    >"$DCACHE/build.log" 2>&1; then
     tail -n 60 "$DCACHE/build.log" >&2
     die "podman build --target test (log: $DCACHE/build.log)"
 fi
@@ -119,6 +121,13 @@ IFS='|' read -r user entry ports health <<<"$meta"
 [[ $health == *quill-healthcheck* ]] || die "the image has no HEALTHCHECK: $health"
 # the runtime image is the test image minus the test's own files
 "${PODMAN[@]}" image exists "$TEST_IMG" || die "no test image"
+
+step "podman build --build-arg QL_CUDA=ON on a base without nvcc: refused, saying why"
+if nice "${build[@]}" --build-arg QL_CUDA=ON --target build . >"$DCACHE/build-cuda.log" 2>&1; then
+    die "QL_CUDA=ON built on a base image without nvcc (log: $DCACHE/build-cuda.log)"
+fi
+grep -q '^deploy: QL_CUDA=ON needs nvcc in BASE_BUILD' "$DCACHE/build-cuda.log" \
+    || { tail -n 20 "$DCACHE/build-cuda.log" >&2; die "QL_CUDA=ON without nvcc failed for another reason"; }
 
 # ---- 3. manifests ----
 VENV="$CACHE/deployvenv"
