@@ -101,8 +101,6 @@
 
 /* ---- the object ---- */
 
-#define QL_CUDA_N_BUCKETS 9                    /* decode batch buckets 1, 2, 4, ... 256 */
-#define QL_CUDA_N_CTX_BUCKETS 32               /* context bounds 2^0 ... 2^31 */
 #define QL_CUDA_STAGE_BYTES ((size_t)64 << 20) /* one pinned upload buffer (two of them) */
 #define QL_CUDA_CUBLAS_WS_BYTES ((size_t)32 << 20)
 /* NOTE(kv-reserve): device memory kept out of the KV pool for what is allocated after it:
@@ -119,15 +117,8 @@ typedef struct cuda_layer_s {
     float *bqkv;      /* [QD + 2 KVD] or NULL */
 } cuda_layer_t;
 
-/* The step record: host (pinned) and device copies of the same bytes. */
-typedef struct step_ptrs_s {
-    int32_t *tokens;       /* [T] */
-    int32_t *pos;          /* [T] */
-    int32_t *seq_of;       /* [T] */
-    int32_t *slot;         /* [T] block · block_size + slot, −1 for pads */
-    int32_t *rows;         /* [L] logits rows */
-    int32_t *block_tables; /* [S][MB] */
-} step_ptrs_t;
+/* The step record (cuda/step.c): host (pinned) and device copies of the same bytes. */
+typedef ql__cuda_step_rec_t step_ptrs_t;
 
 typedef struct cuda_backend_s {
     ql_backend_t base; /* first: the backend handle points here */
@@ -284,14 +275,7 @@ static int add_bias(cuda_backend_t *be, float *Y, int64_t ldy, const float *bias
 /* ---- one step's launches ---- */
 
 /* What the launches of a step depend on (a graph is captured for one of these). */
-typedef struct step_shape_s {
-    int32_t n_tok;   /* rows computed (padded for decode buckets) */
-    int32_t n_seqs;  /* rows of the block tables the attention may read */
-    int32_t n_rows;  /* logits rows computed */
-    int32_t max_pos; /* >= every position of the step */
-    int32_t stride;  /* block table row stride: blocks that cover positions 0..max_pos */
-    int32_t max_run; /* longest run of consecutive positions of one sequence (1: decode) */
-} step_shape_t;
+typedef ql__cuda_step_shape_t step_shape_t;
 
 static int enqueue_step(cuda_backend_t *be, const step_shape_t *sh) {
     cudaStream_t st = be->stream;
@@ -317,8 +301,8 @@ static int enqueue_step(cuda_backend_t *be, const step_shape_t *sh) {
     ql_cuda_attn_plan_t plan;
     /* a prefill chunk's tokens share their K/V tiles (runs); a decode step is one token per
      * block */
-    QL_TRY(ql_cuda_attn_plan_runs(T, aa.n_head, (int32_t)be->hp.n_head_kv, sh->max_pos,
-                                  sh->max_run, be->n_sm, &plan));
+    QL_TRY(ql_cuda_attn_plan_runs(T, aa.n_head, (int32_t)be->hp.n_head_kv, sh->max_pos, sh->max_run,
+                                  be->n_sm, &plan));
     const size_t wb = ql_cuda_attn_work_bytes(&plan, T, aa.n_head, (int32_t)be->HD);
     if (wb > be->attn_work_bytes) {
         QL_LOG_ERROR("attention needs %zu bytes of scratch, %zu were sized at init", wb,
@@ -329,7 +313,8 @@ static int enqueue_step(cuda_backend_t *be, const step_shape_t *sh) {
     aa.work = wb ? be->attn_work : NULL;
     aa.work_bytes = wb ? be->attn_work_bytes : 0;
 
-    for (uint32_t l = 0; l < be->hp.n_layer; l++) {
+    /* all layers, or the first n_layers of a layerskip draft (ql_batch_t.n_layers) */
+    for (int32_t l = 0; l < sh->n_layers; l++) {
         const cuda_layer_t *L = &be->layers[l];
         uint16_t *kpool = be->kv + (int64_t)l * 2 * be->kv_layer_elems;
         uint16_t *vpool = kpool + be->kv_layer_elems;
@@ -355,7 +340,7 @@ static int enqueue_step(cuda_backend_t *be, const step_shape_t *sh) {
     if (sh->n_rows > 0) {
         /* the final norm over every row (cheap), then the logits rows gathered: f16 → f32 →
          * f16 is exact */
-        QL_TRY(ql_cuda_rmsnorm_residual(be->x, be->hp.n_layer ? be->delta : NULL, be->out_norm,
+        QL_TRY(ql_cuda_rmsnorm_residual(be->x, sh->n_layers > 0 ? be->delta : NULL, be->out_norm,
                                         be->h16, NULL, T, E, be->hp.rms_eps, st));
         QL_TRY(ql_cuda_embed_get_rows(be->lx32, be->h16, T, E, be->d.rows, sh->n_rows, st));
         QL_TRY(ql_cuda_f32_to_f16(be->l16, be->lx32, (int64_t)sh->n_rows * E, st));
@@ -367,24 +352,9 @@ static int enqueue_step(cuda_backend_t *be, const step_shape_t *sh) {
 
 /* ---- graphs ---- */
 
-/* The context bound of a step: the next power of two (at least 2^QL_CUDA_CTX_MIN_LOG2) minus
- * one, capped at n_ctx − 1; returns its bucket index. NOTE(ctx-min): a bound above the real
- * positions costs nothing while the attention does not split (it never loads keys past a
- * token's own position), and it splits only past 256 keys per split, so contexts up to 256
- * share one graph. */
-#define QL_CUDA_CTX_MIN_LOG2 8
-static int ctx_bucket(int32_t max_pos, int32_t n_ctx, int32_t *bound) {
-    int k = QL_CUDA_CTX_MIN_LOG2;
-    while (k < QL_CUDA_N_CTX_BUCKETS - 1 && ((int64_t)1 << k) < (int64_t)max_pos + 1) k++;
-    int64_t b = ((int64_t)1 << k) - 1;
-    if (b > n_ctx - 1) b = n_ctx - 1;
-    if (b < max_pos) b = max_pos;
-    *bound = (int32_t)b;
-    return k;
-}
-
 /* Runs the step eagerly, or from its graph (captured on first use). */
-static int launch_step(cuda_backend_t *be, const step_shape_t *sh, int bucket, int cbucket) {
+static int launch_step(cuda_backend_t *be, const step_shape_t *sh) {
+    const int bucket = sh->bucket, cbucket = sh->cbucket;
     if (bucket < 0 || !be->graphs_on) return enqueue_step(be, sh);
     cudaGraphExec_t *slot = &be->graphs[bucket][cbucket];
     if (!*slot && !be->graph_warm[bucket][cbucket]) {
@@ -419,80 +389,18 @@ static int launch_step(cuda_backend_t *be, const step_shape_t *sh, int bucket, i
 
 /* ---- forward ---- */
 
-/* Fills the step record and copies it to the device; picks the launch shape. */
-static int prepare_step(cuda_backend_t *be, const ql_batch_t *b, step_shape_t *sh, int *bucket,
-                        int *cbucket) {
+/* Fills the step record (cuda/step.c), picks the launch shape, copies the record to the
+ * device in one transfer. */
+static int prepare_step(cuda_backend_t *be, const ql_batch_t *b, step_shape_t *sh) {
     const ql_kv_layout_t *kv = &be->base.info.kv;
-    const int32_t n = b->n_tokens;
-    int decode = b->n_seqs == n && b->n_logits <= n;
-    int32_t max_pos = 0, max_run = 1;
-    for (int32_t t = 0, run = 1; t < n; t++) {
-        if (t > 0) {
-            const int cont = b->seq_of_token[t] == b->seq_of_token[t - 1] &&
-                             b->pos[t] == b->pos[t - 1] + 1;
-            run = cont ? run + 1 : 1;
-            max_run = QL_MAX(max_run, run);
-        }
-        if (b->tokens[t] < 0 || b->tokens[t] >= be->V) {
-            QL_LOG_DEBUG("bad batch: token %d of row %d out of the vocabulary", b->tokens[t], t);
-            return QL_EINVAL;
-        }
-        if (b->seq_of_token[t] != t) decode = 0;
-        max_pos = QL_MAX(max_pos, b->pos[t]);
+    const size_t tables_offset = (size_t)((uint8_t *)be->h.block_tables - (uint8_t *)be->step_host);
+    if (ql__cuda_step_fill(b, (int32_t)be->V, (int32_t)be->hp.n_layer, be->n_buckets, be->n_ctx,
+                           be->MB, kv->block_size, &be->h, tables_offset, sh) != 0) {
+        QL_LOG_DEBUG("bad batch: a token id out of the vocabulary");
+        return QL_EINVAL;
     }
-    /* the padded decode bucket (NOTE(graphs)) */
-    *bucket = -1;
-    int32_t B = n;
-    if (decode)
-        for (int i = 0; i < be->n_buckets; i++)
-            if ((1 << i) >= n) {
-                *bucket = i;
-                B = 1 << i;
-                break;
-            }
-    int32_t bound = max_pos;
-    *cbucket = ctx_bucket(max_pos, be->n_ctx, &bound);
-
-    step_ptrs_t *h = &be->h;
-    for (int32_t t = 0; t < B; t++) {
-        const int real = t < n;
-        h->tokens[t] = real ? b->tokens[t] : 0;
-        h->pos[t] = real ? b->pos[t] : 0;
-        h->seq_of[t] = real ? b->seq_of_token[t] : 0;
-        if (real) {
-            const int32_t p = b->pos[t];
-            const int32_t blk = b->block_tables[b->seq_of_token[t]][p / kv->block_size];
-            h->slot[t] = blk * kv->block_size + p % kv->block_size;
-        } else {
-            h->slot[t] = -1;
-        }
-    }
-    const int32_t n_rows = *bucket >= 0 ? B : b->n_logits;
-    for (int32_t i = 0; i < n_rows; i++) h->rows[i] = i < b->n_logits ? b->logits_rows[i] : 0;
-    /* NOTE(step-record): block table rows of `stride` entries, the blocks that cover the
-     * context bound, so a step copies only what its attention can read; the stride is a
-     * function of the bound, fixed for each graph */
-    const int32_t bs = kv->block_size;
-    const int32_t stride = (int32_t)(((int64_t)bound + bs) / bs);
-    QL_ASSERT(stride >= 1 && stride <= be->MB);
-    const int32_t n_seq_rows = *bucket >= 0 ? B : b->n_seqs;
-    for (int32_t s = 0; s < n_seq_rows; s++) {
-        int32_t *row = h->block_tables + (int64_t)s * stride;
-        const int32_t nb = s < b->n_seqs ? QL_MIN(b->n_blocks[s], stride) : 0;
-        for (int32_t i = 0; i < nb; i++) row[i] = b->block_tables[s][i];
-        for (int32_t i = nb; i < stride; i++) row[i] = 0;
-    }
-    sh->n_tok = B;
-    sh->n_seqs = n_seq_rows;
-    sh->n_rows = n_rows;
-    sh->max_pos = bound; /* every step: the plans attn_work_max() sized the scratch for */
-    sh->stride = stride;
-    sh->max_run = *bucket >= 0 ? 1 : max_run;
-    if (*bucket < 0) *cbucket = -1;
-    /* the whole record in one copy, the block tables as far as the step's rows */
-    const size_t head = (size_t)((uint8_t *)h->block_tables - (uint8_t *)be->step_host);
-    const size_t bytes = head + (size_t)n_seq_rows * (size_t)stride * sizeof(int32_t);
-    QL_CU(cudaMemcpyAsync(be->step_dev, be->step_host, bytes, cudaMemcpyHostToDevice, be->stream));
+    QL_CU(cudaMemcpyAsync(be->step_dev, be->step_host, sh->bytes, cudaMemcpyHostToDevice,
+                          be->stream));
     return 0;
 }
 
@@ -533,11 +441,10 @@ static int check_batch(cuda_backend_t *be, const ql_batch_t *b) {
 /* Everything up to the logits on the device; the caller waits. */
 static int run_step(cuda_backend_t *be, const ql_batch_t *b) {
     step_shape_t sh;
-    int bucket, cbucket;
     int rc = maybe_trap(be);
-    if (rc == 0) rc = prepare_step(be, b, &sh, &bucket, &cbucket);
+    if (rc == 0) rc = prepare_step(be, b, &sh);
     if (rc) return rc;
-    return launch_step(be, &sh, bucket, cbucket);
+    return launch_step(be, &sh);
 }
 
 static int cuda_forward(ql_backend_t *base, const ql_batch_t *b, float *logits) {
@@ -714,7 +621,7 @@ static size_t attn_work_max(const cuda_backend_t *be) {
             int32_t bound;
             int64_t p = ((int64_t)1 << k) - 1;
             if (p > be->n_ctx - 1) p = be->n_ctx - 1;
-            (void)ctx_bucket((int32_t)p, be->n_ctx, &bound);
+            (void)ql__cuda_ctx_bucket((int32_t)p, be->n_ctx, &bound);
             ql_cuda_attn_plan_t plan;
             if (ql_cuda_attn_plan(n, (int32_t)be->hp.n_head, (int32_t)be->hp.n_head_kv, bound,
                                   be->n_sm, &plan) == 0)

@@ -343,6 +343,16 @@ static void run_parity(const ql_mkmodel_shape_t *shape, uint64_t seed) {
         for (int i = 0, row = 0; i < 4; i++)
             if (which & (1 << i)) next[i] = argmax(lc + (size_t)row++ * V, V);
     }
+    /* a layerskip draft step (ql_batch_t.n_layers: the first layer, then the head); its
+     * position is not read again (the other layer's K/V there is never written) */
+    batch_clear(&b);
+    batch_add(&b, &s[1], next[1], 1);
+    batch_add(&b, &s[2], next[2], 1);
+    ql_batch_t v = batch_view(&b);
+    v.n_layers = 1;
+    assert_int_equal(ql_backend_forward(cpu, &v, lc), 0);
+    assert_int_equal(ql_backend_forward(gpu, &v, lg), 0);
+    worst = fmax(worst, check_rows(lc, lg, 2, V, "layerskip draft"));
     printf("%s: largest |cuda - cpu| / rms(row) = %.3g\n", shape->name, worst);
     free(lc);
     free(lg);
