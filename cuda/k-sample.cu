@@ -169,7 +169,7 @@ typedef struct sample_work_s {
 
 /* grid: one block per row; block: SAMPLE_THREADS. */
 static __global__ void __launch_bounds__(SAMPLE_THREADS)
-    prep_kernel(const float *__restrict__ logits, int64_t n_rows, int32_t n_vocab,
+    prep_kernel(const float *__restrict__ logits, int32_t n_vocab,
                 const ql_cuda_sample_params_t *__restrict__ params,
                 const uint8_t *__restrict__ in_prompt, const int32_t *__restrict__ out_counts,
                 const float *__restrict__ bias, sample_work_t w) {
@@ -357,7 +357,7 @@ static int sample_run(const ql_cuda_sample_args_t *a, int32_t *tokens_out, float
         return QL_EINVAL;
     cudaStream_t st = QL_K_STREAM(stream);
     prep_kernel<<<(unsigned)a->n_rows, SAMPLE_THREADS, 0, st>>>(
-        a->logits, a->n_rows, a->n_vocab, a->params, a->in_prompt, a->out_counts, a->bias, w);
+        a->logits, a->n_vocab, a->params, a->in_prompt, a->out_counts, a->bias, w);
     QL_K_LAUNCH_CHECK();
     /* which rows need the sort is known only on the device: the others' segments are empty
      * (NOTE(sort-rows)) */
