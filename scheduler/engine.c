@@ -463,17 +463,18 @@ static void sample_choice(ql_engine_t *e, choice_t *c, const float *row) {
  *      the one sampled after them, one OUTPUT event each, through the same stop conditions as
  *      ordinary decoding.
  * A choice's acceptance is an exponential average over its drafted tokens, starting from the
- * engine's average; a choice that stopped drafting drifts back towards that average, so it is
+ * engine's average when its request leaves the inbox; a choice that stopped drafting drifts back towards that average, so it is
  * tried again. */
 #define SPEC_ALPHA_PRIOR 0.6f
 #define SPEC_ALPHA_RATE 0.15f   /* weight of one drafted token's outcome */
 #define SPEC_ALPHA_RETURN 0.02f /* per step without drafts, towards the engine's average */
+#define SPEC_ALPHA_ALL_RATE 0.05f /* the engine's average, over every choice's drafted tokens */
 
 static void spec_note(ql_engine_t *e, choice_t *c, int32_t n_draft, int32_t n_accepted) {
     for (int32_t i = 0; i < n_draft && i <= n_accepted; i++) {
         const float x = i < n_accepted ? 1.0f : 0.0f;
         c->spec_alpha += SPEC_ALPHA_RATE * (x - c->spec_alpha);
-        e->spec_alpha_all += 0.02f * (x - e->spec_alpha_all);
+        e->spec_alpha_all += SPEC_ALPHA_ALL_RATE * (x - e->spec_alpha_all);
     }
 }
 
@@ -966,6 +967,7 @@ static void take_inbox(ql_engine_t *e, ereq_t *list) {
         if (e->live_tail) e->live_tail->next = r;
         else e->live_head = r;
         e->live_tail = r;
+        for (int32_t i = 0; i < r->n_choices; i++) r->choices[i].spec_alpha = e->spec_alpha_all;
         ql_sched_req_t sr = {.prompt = r->prompt,
                              .n_prompt = r->n_prompt,
                              .max_tokens = r->max_tokens,
@@ -1126,6 +1128,7 @@ int ql_engine_init(const ql_engine_params_t *p, ql_backend_t *be, const ql_tok_t
     lim.max_model_len = QL_MIN(lim.max_model_len, bi->n_ctx_max);
     if (dbi) { /* the draft must hold every sequence and batch the target does */
         lim.max_num_seqs = QL_MIN(lim.max_num_seqs, QL_MIN(dbi->n_seqs_max, dbi->n_logits_max));
+        lim.max_num_seqs = QL_MIN(lim.max_num_seqs, dbi->n_batch_tokens_max); /* a round's tokens */
         if (dbi->n_ctx_max < lim.max_model_len) {
             QL_LOG_WARN("max_model_len %d capped by the draft model's context (%d)",
                         (int)lim.max_model_len, (int)dbi->n_ctx_max);
