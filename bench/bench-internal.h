@@ -47,7 +47,10 @@ struct ql__bench_call_s {
     ql_proto_buf_t req;   /* the request bytes */
     ql_proto_buf_t body;  /* the response body (not an event stream), or unparsed stream bytes */
     int status;           /* HTTP status; 0 before the headers */
-    int is_stream;        /* the response is text/event-stream with status 200 */
+    int is_stream;        /* status 200 to a request with on_event: read as an event stream */
+    size_t n_events;      /* `data:` lines seen */
+    char head[121];       /* the body's first bytes, for error messages */
+    size_t n_head;
     int complete;         /* the response ended */
     int saw_done;         /* the stream sent "data: [DONE]" */
     int failed;           /* 1: no complete response (err says why) */

@@ -9,9 +9,10 @@
 #   CONC="1 8 32" INPUT="256 1024" OUTPUT=128 ROUNDS=2 bench/compare.sh build
 #   MODEL=path THREADS=2 NUM_PROMPTS=N OUT=/tmp/quill-compare WAIT_IDLE=1 bench/compare.sh build
 #
-# NUM_PROMPTS defaults to max(8, 2 x concurrency). Each server gets --max-num-seqs / -np equal
+# NUM_PROMPTS defaults to max(4, concurrency). Each server gets --max-num-seqs / -np equal
 # to the concurrency and a per-request context of INPUT + OUTPUT + 64 tokens. With WAIT_IDLE=1
-# each run first waits (up to IDLE_WAIT_S seconds) for a 5 s window with the CPUs mostly idle.
+# each run first waits (up to IDLE_WAIT_S seconds) for a 5 s window with the CPUs less than
+# IDLE_PCT % busy. A run that fails is reported and the others go on (exit status 1 at the end).
 set -eu
 BUILD="${1:-build}"
 QUILL="$BUILD/quill"
@@ -26,6 +27,9 @@ QPORT="${QPORT:-8090}"
 LPORT="${LPORT:-8091}"
 WAIT_IDLE="${WAIT_IDLE:-0}"
 IDLE_WAIT_S="${IDLE_WAIT_S:-300}"
+IDLE_PCT="${IDLE_PCT:-15}"
+TIMEOUT="${TIMEOUT:-1800}"
+failed=0
 SEED="${SEED:-1}"
 HERE="$(cd "$(dirname "$0")" && pwd)"
 
@@ -66,7 +70,7 @@ wait_idle() {
     [ "$WAIT_IDLE" = 1 ] || return 0
     t=0
     while [ $t -lt "$IDLE_WAIT_S" ]; do
-        [ "$(busy_pct)" -lt 15 ] && return 0
+        [ "$(busy_pct)" -lt "$IDLE_PCT" ] && return 0
         t=$((t + 5))
     done
 }
@@ -74,7 +78,7 @@ wait_idle() {
 for in_len in $INPUT; do
     for c in $CONC; do
         ctx=$((in_len + OUTPUT + 64))
-        n="${NUM_PROMPTS:-$((2 * c > 8 ? 2 * c : 8))}"
+        n="${NUM_PROMPTS:-$((c > 4 ? c : 4))}"
         "$QUILL" serve --model "$MODEL" --port "$QPORT" --threads "$THREADS" --max-model-len "$ctx" \
             --max-num-seqs "$c" --log-level warn >"$OUT/quill-serve.log" 2>&1 &
         QPID=$!
@@ -92,8 +96,9 @@ for in_len in $INPUT; do
                 f="$OUT/$sys-in$in_len-c$c-r$r.json"
                 load=$(cut -d' ' -f1-3 /proc/loadavg)
                 "$QUILL" bench --base-url "http://127.0.0.1:$port" --input-len "$in_len" --output-len "$OUTPUT" \
-                    --num-prompts "$n" --max-concurrency "$c" --seed "$SEED" --out "$f" >"$f.txt" 2>"$f.err" ||
-                    { echo "compare.sh: $sys run failed:" >&2; cat "$f.err" >&2; exit 1; }
+                    --num-prompts "$n" --max-concurrency "$c" --seed "$SEED" --request-timeout "$TIMEOUT" \
+                    --out "$f" >"$f.txt" 2>"$f.err" ||
+                    { echo "compare.sh: $sys in $in_len c $c round $r failed: $(tail -n 1 "$f.err")"; failed=1; rm -f "$f"; continue; }
                 echo "load $load" >>"$f.txt"
                 python3 - "$f" "$sys" "$in_len" "$c" "$r" "$load" <<'PY'
 import json, sys
@@ -114,9 +119,17 @@ keys = ["output_throughput", "request_throughput", "median_ttft_ms", "median_tpo
         "p99_ttft_ms", "p99_tpot_ms", "median_e2el_ms"]
 mean = {}
 for sysname in ("quill", "llama"):
-    runs = [json.load(open(f"{out}/{sysname}-in{in_len}-c{c}-r{r}.json")) for r in range(1, rounds + 1)]
+    runs = []
+    for r in range(1, rounds + 1):
+        try:
+            runs.append(json.load(open(f"{out}/{sysname}-in{in_len}-c{c}-r{r}.json")))
+        except OSError:
+            pass
+    if not runs:
+        print(f"== input {in_len}, concurrency {c}: no complete {sysname} run ==")
+        sys.exit(0)
     mean[sysname] = {k: sum(r[k] for r in runs) / len(runs) for k in keys}
-print(f"== input {in_len}, concurrency {c}, mean of {rounds} rounds ==")
+print(f"== input {in_len}, concurrency {c}, mean of the complete rounds ==")
 print(f"{'metric':22} {'quill':>10} {'llama-server':>13} {'quill/llama':>12}")
 for k in keys:
     q, l = mean["quill"][k], mean["llama"][k]
@@ -124,3 +137,4 @@ for k in keys:
 PY
     done
 done
+exit "$failed"

@@ -265,8 +265,10 @@ static void req_done(ql__bench_call_t *c) {
         if (!q->err[0]) ql_errf(q->err, sizeof(q->err), "%s", c->err);
     } else if (c->status != 200) {
         http_error(c, q->err, sizeof(q->err));
-    } else if (!c->is_stream) {
-        ql_errf(q->err, sizeof(q->err), "HTTP 200 but not an event stream");
+    } else if (c->n_events == 0) {
+        for (char *h = c->head; *h; h++)
+            if ((unsigned char)*h < ' ') *h = ' ';
+        ql_errf(q->err, sizeof(q->err), "HTTP 200 without any stream event; the body began: %s", c->head);
     } else if (!q->err[0] && q->n_chunks == 0) {
         ql_errf(q->err, sizeof(q->err), "the stream ended without any text");
     }
