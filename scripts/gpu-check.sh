@@ -13,8 +13,12 @@
 #   OUTDIR/bench.log     bench-gpu on both: prefill tok/s, decode tok/s at batch 1, 8, 64, 256,
 #                        the batch-1 bandwidth bound; smollm2 again without CUDA graphs
 #   OUTDIR/bench-kernels.log  bench-cuda-kernels: the kernels alone against the DRAM peak
-#   OUTDIR/bench-*.json  each run's figures;  OUTDIR/results.json  all of it, and each step's
-#                        status and seconds
+#   OUTDIR/results.json  each step's status and seconds, and every bench run's figures (each
+#                        run's JSON is written to a temporary folder and merged here when it
+#                        parses: a run killed mid-write is left out, not a broken results.json)
+#   OUTDIR/summary.txt   one line per step
+# That is 8 files, the most the device machine's `run` returns (extra files are left out):
+# add a file here only in place of another.
 #
 # Environment: QL_GPU_CHECK_BUILD (build folder, default build-gpu-check), QL_GPU_CHECK_JOBS
 # (default nproc), QL_GPU_CHECK_DEADLINE_S (default 470), QL_GPU_CHECK_BIG (the large shape,
@@ -184,11 +188,11 @@ fi
 : >"$OUT/bench.log"
 BENCH="$BUILD/bench-gpu"
 if [ $HAVE_GPU -eq 1 ] && [ -x "$BENCH" ]; then
-    [ -f "$SMOL" ] && step bench-smollm2 "$OUT/bench.log" 60 90 "$BENCH" --model "$SMOL" --json "$OUT/bench-smollm2-135m.json"
-    [ -f "$BIG" ] && step bench-8b "$OUT/bench.log" 150 45 "$BENCH" --model "$BIG" --json "$OUT/bench-$BIG_SHAPE.json"
+    [ -f "$SMOL" ] && step bench-smollm2 "$OUT/bench.log" 60 90 "$BENCH" --model "$SMOL" --json "$TMP/bench-smollm2-135m.json"
+    [ -f "$BIG" ] && step bench-8b "$OUT/bench.log" 150 45 "$BENCH" --model "$BIG" --json "$TMP/bench-$BIG_SHAPE.json"
     # the kernels alone (bench/bench-cuda-kernels.c), then smollm2 without graphs
     [ -x "$BUILD/bench-cuda-kernels" ] && step bench-kernels "$OUT/bench-kernels.log" 25 20 "$BUILD/bench-cuda-kernels" 20
-    [ -f "$SMOL" ] && step bench-smollm2-eager "$OUT/bench.log" 20 0 env QL_CUDA_GRAPHS=0 "$BENCH" --model "$SMOL" --batch 1,64 --reps 2 --json "$OUT/bench-smollm2-135m-eager.json"
+    [ -f "$SMOL" ] && step bench-smollm2-eager "$OUT/bench.log" 20 0 env QL_CUDA_GRAPHS=0 "$BENCH" --model "$SMOL" --batch 1,64 --reps 2 --json "$TMP/bench-smollm2-135m-eager.json"
     [ -f "$SMOL" ] && [ -f "$BIG" ] || say "bench: a model is missing (see mkmodel.log)"
 else
     say "bench: skipped ($([ $HAVE_GPU -eq 1 ] && echo "bench-gpu was not built" || echo "no device"))"
@@ -210,8 +214,13 @@ fi
     done <"$STEPS"
     printf '],\n "bench": ['
     sep=""
-    for f in "$OUT"/bench-*.json; do
+    for f in "$TMP"/bench-*.json; do
         [ -s "$f" ] || continue
+        # a run killed while writing leaves a truncated file: keep results.json valid JSON
+        python3 -c 'import json, sys; json.load(open(sys.argv[1]))' "$f" 2>/dev/null || {
+            echo "gpu-check: $(basename "$f") does not parse: left out of results.json" >>"$OUT/summary.txt"
+            continue
+        }
         printf '%s\n  ' "$sep"
         cat "$f"
         sep=","
