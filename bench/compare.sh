@@ -47,10 +47,14 @@ stop() {
 }
 trap 'stop' EXIT INT TERM
 
-# wait_ready PORT: /health answers 200 within 120 s
+# wait_ready PORT PID: /health answers 200 within 120 s, while PID (the server) lives
 wait_ready() {
     i=0
     while [ $i -lt 240 ]; do
+        if ! kill -0 "$2" 2>/dev/null; then
+            echo "compare.sh: the server for port $1 exited (see $OUT/*.log)" >&2
+            return 1
+        fi
         if curl -sf -o /dev/null "http://127.0.0.1:$1/health"; then return 0; fi
         sleep 0.5
         i=$((i + 1))
@@ -85,8 +89,8 @@ for in_len in $INPUT; do
         PORT="$LPORT" SLOTS="$c" CTX="$ctx" THREADS="$THREADS" MODEL="$MODEL" \
             "$HERE/peers/llama-cpp.sh" --log-disable >"$OUT/llama-server.log" 2>&1 &
         LPID=$!
-        wait_ready "$QPORT"
-        wait_ready "$LPORT"
+        wait_ready "$QPORT" "$QPID"
+        wait_ready "$LPORT" "$LPID"
         r=1
         while [ "$r" -le "$ROUNDS" ]; do
             for sys in quill llama; do
