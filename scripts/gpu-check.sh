@@ -225,7 +225,8 @@ fi
     for f in "$TMP"/bench-*.json; do
         [ -s "$f" ] || continue
         # a run killed while writing leaves a truncated file: keep results.json valid JSON
-        python3 -c 'import json, sys; json.load(open(sys.argv[1]))' "$f" 2>/dev/null || {
+        ! command -v python3 >/dev/null 2>&1 ||
+            python3 -c 'import json, sys; json.load(open(sys.argv[1]))' "$f" 2>/dev/null || {
             echo "gpu-check: $(basename "$f") does not parse: left out of results.json" >>"$OUT/summary.txt"
             continue
         }
