@@ -225,7 +225,10 @@ static __global__ void __launch_bounds__(SAMPLE_THREADS)
         return;
     }
     /* NOTE(temperature) in scheduler/sampling.c: (l − m) / t stays <= 0 and never +inf */
-    for (int64_t i = threadIdx.x; i < V; i += blockDim.x) l[i] = (l[i] - m) / P.temperature;
+    /* + 0.0f turns a key that underflowed to −0 (a tiny l − m over a large temperature) into
+     * +0: the radix sort orders −0 below +0, the host compares them equal (then by id) */
+    for (int64_t i = threadIdx.x; i < V; i += blockDim.x)
+        l[i] = (l[i] - m) / P.temperature + 0.0f;
     if (threadIdx.x == 0) {
         w.status[r] = ROW_PENDING;
         if (row_sorts(P, n_vocab)) w.seg_end[r] = (int32_t)(row + V);
