@@ -213,7 +213,8 @@ def check_k8s(kdir, versions):
     for kind in ("Service", "PodDisruptionBudget"):
         if kind not in by_kind:
             problem(kdir, f"no {kind}")
-    dep_labels = [d["spec"]["template"]["metadata"]["labels"] for _, d in by_kind.get("Deployment", [])]
+    dep_labels = [d["spec"]["template"]["metadata"]["labels"]
+                  for _, d in by_kind.get("Deployment", [])]
     for p, d in by_kind.get("Service", []) + by_kind.get("PodDisruptionBudget", []):
         sel = d["spec"]["selector"]
         sel = sel.get("matchLabels", sel) if d["kind"] != "Service" else sel

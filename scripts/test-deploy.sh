@@ -74,7 +74,8 @@ if ! "${PODMAN[@]}" image exists "$BASE_IMG"; then
         step "debootstrap --variant=minbase $SUITE from $MIRROR (once; cached in $tarball)"
         root=$(mktemp -d "$DCACHE/rootfs.XXXXXX")
         trap '$SUDO rm -rf "$root"' EXIT
-        if ! $SUDO debootstrap --variant=minbase "$SUITE" "$root" "$MIRROR" >"$DCACHE/debootstrap.log" 2>&1; then
+        if ! $SUDO debootstrap --variant=minbase "$SUITE" "$root" "$MIRROR" \
+            >"$DCACHE/debootstrap.log" 2>&1; then
             tail -n 5 "$DCACHE/debootstrap.log" >&2
             die "debootstrap failed (see $DCACHE/debootstrap.log)"
         fi
@@ -85,8 +86,9 @@ if ! "${PODMAN[@]}" image exists "$BASE_IMG"; then
         trap - EXIT
     fi
     step "podman import $tarball as $BASE_IMG"
-    "${PODMAN[@]}" import --quiet --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-        --change 'CMD ["/bin/bash"]' "$tarball" "$BASE_IMG" >/dev/null
+    "${PODMAN[@]}" import --quiet --change 'CMD ["/bin/bash"]' \
+        --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+        "$tarball" "$BASE_IMG" >/dev/null
 fi
 
 # ---- 2. the image, CPU-only, on the base image ----
@@ -110,9 +112,9 @@ if ! nice "${build[@]}" -t "$RUN_IMG" . >"$DCACHE/build-run.log" 2>&1; then
     tail -n 30 "$DCACHE/build-run.log" >&2
     die "podman build of the default target (log: $DCACHE/build-run.log)"
 fi
-meta=$("${PODMAN[@]}" image inspect --format \
-    '{{.Config.User}}|{{json .Config.Entrypoint}}|{{json .Config.ExposedPorts}}|{{json .Config.Healthcheck.Test}}' \
-    "$RUN_IMG")
+fmt='{{.Config.User}}|{{json .Config.Entrypoint}}|{{json .Config.ExposedPorts}}'
+fmt+='|{{json .Config.Healthcheck.Test}}'
+meta=$("${PODMAN[@]}" image inspect --format "$fmt" "$RUN_IMG")
 echo "test-deploy: image $RUN_IMG: $meta" >&2
 IFS='|' read -r user entry ports health <<<"$meta"
 [ "$user" = quill ] || die "the image's user is '$user', expected quill"
@@ -127,7 +129,7 @@ if nice "${build[@]}" --build-arg QL_CUDA=ON --target build . >"$DCACHE/build-cu
     die "QL_CUDA=ON built on a base image without nvcc (log: $DCACHE/build-cuda.log)"
 fi
 grep -q '^deploy: QL_CUDA=ON needs nvcc in BASE_BUILD' "$DCACHE/build-cuda.log" \
-    || { tail -n 20 "$DCACHE/build-cuda.log" >&2; die "QL_CUDA=ON without nvcc failed for another reason"; }
+    || { tail -n 20 "$DCACHE/build-cuda.log" >&2; die "QL_CUDA=ON without nvcc: another failure"; }
 
 # ---- 3. manifests ----
 VENV="$CACHE/deployvenv"
@@ -136,11 +138,12 @@ if [ "$(cat "$VENV/.quill-packages" 2>/dev/null)" != "${PIP_PKGS[*]}" ]; then
     rm -rf "$VENV"
     python3 -m venv "$VENV" || die "python3 -m venv failed"
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PIP_PKGS[@]}" \
-        >"$DCACHE/pip.log" 2>&1 || { tail -n 5 "$DCACHE/pip.log" >&2; die "pip install (is PyPI reachable?)"; }
+        >"$DCACHE/pip.log" 2>&1 \
+        || { tail -n 5 "$DCACHE/pip.log" >&2; die "pip install (is PyPI reachable?)"; }
     echo "${PIP_PKGS[*]}" >"$VENV/.quill-packages"
 fi
 step "yamllint deploy/"
 "$VENV/bin/yamllint" --strict -c deploy/yamllint.yaml deploy/ || die "yamllint"
-step "kubernetes-validate (strict) and quill's options, routes, metrics: deploy/k8s, deploy/compose.yaml"
+step "deploy/k8s, deploy/compose.yaml: kubernetes-validate; quill's options, routes, metrics"
 "$VENV/bin/python" scripts/check-deploy.py || die "deploy/'s manifests (scripts/check-deploy.py)"
 step "all passed"
