@@ -2,7 +2,9 @@
 # bench/compare.sh — the same `quill bench` workload against `quill serve` and llama.cpp's
 # `llama-server` (bench/peers/llama-cpp.sh) on the same GGUF file, context, slots and threads,
 # in turns (A B A B ...), so that on a shared machine both systems see the same conditions.
-# Prints each run's figures with the machine's load average, then each system's mean over the
+# Prints each run's figures with the machine's load average and the server's CPU time during the
+# run (output tokens per CPU second: a figure less sensitive to other load on a shared machine
+# than the wall-clock ones), then each system's mean over the
 # rounds and the ratios quill / llama-server. Results (JSON, one file per run) go to OUT.
 #
 #   bench/compare.sh [BUILD_DIR]                    # default build/
@@ -70,6 +72,11 @@ busy_pct() {
     echo "$a $b" | awk '{db = $3 - $1; di = $4 - $2; print int(100 * db / (db + di + 1))}'
 }
 
+# cpu_s PID: CPU seconds (user + system, all threads) the process has used so far
+cpu_s() {
+    awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) / hz }' "/proc/$1/stat"
+}
+
 wait_idle() {
     [ "$WAIT_IDLE" = 1 ] || return 0
     t=0
@@ -94,23 +101,30 @@ for in_len in $INPUT; do
         r=1
         while [ "$r" -le "$ROUNDS" ]; do
             for sys in quill llama; do
-                port=$QPORT
-                [ "$sys" = llama ] && port=$LPORT
+                port=$QPORT pid=$QPID
+                [ "$sys" = llama ] && port=$LPORT pid=$LPID
                 wait_idle
                 f="$OUT/$sys-in$in_len-c$c-r$r.json"
                 load=$(cut -d' ' -f1-3 /proc/loadavg)
+                cpu0=$(cpu_s "$pid")
                 "$QUILL" bench --base-url "http://127.0.0.1:$port" --input-len "$in_len" --output-len "$OUTPUT" \
                     --num-prompts "$n" --max-concurrency "$c" --seed "$SEED" --request-timeout "$TIMEOUT" \
                     --out "$f" >"$f.txt" 2>"$f.err" ||
                     { echo "compare.sh: $sys in $in_len c $c round $r failed: $(tail -n 1 "$f.err")"; failed=1; rm -f "$f"; continue; }
+                cpu=$(echo "$cpu0 $(cpu_s "$pid")" | awk '{ print $2 - $1 }')
                 echo "load $load" >>"$f.txt"
-                python3 - "$f" "$sys" "$in_len" "$c" "$r" "$load" <<'PY'
+                python3 - "$f" "$sys" "$in_len" "$c" "$r" "$load" "$cpu" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
+# the server's CPU time during the run (warm-up included): output tokens per CPU second
+d["server_cpu_s"] = float(sys.argv[7])
+d["output_per_cpu_s"] = d["total_output_tokens"] / d["server_cpu_s"] if d["server_cpu_s"] > 0 else 0.0
+json.dump(d, open(sys.argv[1], "w"))
 print(f"{sys.argv[2]:6} in {sys.argv[3]:>4} c {sys.argv[4]:>2} round {sys.argv[5]}: "
       f"out {d['output_throughput']:7.1f} tok/s  req {d['request_throughput']:6.2f}/s  "
       f"TTFT p50 {d['median_ttft_ms']:8.1f} ms  TPOT p50 {d['median_tpot_ms']:6.1f} ms  "
-      f"ITL p50 {d['median_itl_ms']:6.1f} ms  E2EL p50 {d['median_e2el_ms']:8.1f} ms  (load {sys.argv[6]})")
+      f"ITL p50 {d['median_itl_ms']:6.1f} ms  E2EL p50 {d['median_e2el_ms']:8.1f} ms  "
+      f"server CPU {d['server_cpu_s']:.1f} s ({d['output_per_cpu_s']:.1f} out tok/CPU-s)  (load {sys.argv[6]})")
 PY
             done
             r=$((r + 1))
@@ -120,7 +134,7 @@ PY
 import json, sys
 out, in_len, c, rounds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 keys = ["output_throughput", "request_throughput", "median_ttft_ms", "median_tpot_ms", "median_itl_ms",
-        "p99_ttft_ms", "p99_tpot_ms", "median_e2el_ms"]
+        "p99_ttft_ms", "p99_tpot_ms", "median_e2el_ms", "output_per_cpu_s"]
 mean = {}
 for sysname in ("quill", "llama"):
     runs = []
