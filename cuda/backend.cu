@@ -541,11 +541,12 @@ static int cuda_copy_blocks(ql_backend_t *base, const int32_t *src, const int32_
     const ql_kv_layout_t *kv = &base->info.kv;
     if (n < 0 || (n > 0 && (!src || !dst))) return QL_EINVAL;
     int rc = 0;
-    for (int32_t i = 0; i < n; i++) {
+    /* every id in range before any mark: an early return must not leave marks behind (a
+     * stale mark would refuse a later, valid copy into that block as "a dst that is a src") */
+    for (int32_t i = 0; i < n; i++)
         if (src[i] < 0 || src[i] >= kv->n_blocks || dst[i] < 0 || dst[i] >= kv->n_blocks)
             return QL_EINVAL;
-        be->block_mark[src[i]] = 1;
-    }
+    for (int32_t i = 0; i < n; i++) be->block_mark[src[i]] = 1;
     for (int32_t i = 0; i < n && rc == 0; i++)
         if (be->block_mark[dst[i]]) rc = QL_EINVAL; /* a dst that is also a src */
     for (int32_t i = 0; i < n; i++) be->block_mark[src[i]] = 0;

@@ -534,6 +534,9 @@ static void test_sample_and_copy(void **state) {
     const int32_t bad[2] = {s[0].table[0], 1 << 30};
     assert_int_equal(ql_backend_copy_blocks(gpu, src, src, 1), QL_EINVAL);
     assert_int_equal(ql_backend_copy_blocks(gpu, bad, dst, 2), QL_EINVAL);
+    /* the refused calls leave nothing behind: a copy into bad[0] (seq 0's first block, from
+     * its fork's identical copy, so the bits stay) is accepted */
+    assert_int_equal(ql_backend_copy_blocks(gpu, &dst[0], &src[0], 1), 0);
     /* the same token on both: bit-identical logits on CUDA, within tolerance of the CPU */
     const int32_t tok = 42;
     seq_t saved0 = s[0], saved1 = s[1];
