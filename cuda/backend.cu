@@ -479,6 +479,7 @@ static int cuda_forward_sample(ql_backend_t *base, const ql_batch_t *b,
     if (rc) return rc;
     const int32_t n = b->n_logits;
     if (n > 0 && (!s || !s->temperature || !tokens_out)) return QL_EINVAL;
+    if (n > 0 && !be->sample_work) return QL_EUNSUPPORTED; /* sized out at init */
     for (int32_t i = 0; i < n; i++) {
         const float temp = s->temperature[i];
         const float top_p = s->top_p ? s->top_p[i] : 1.0f;
@@ -886,7 +887,16 @@ extern "C" int ql_cuda_backend_init(const ql_gguf_t *g, const ql_backend_params_
                    ql_cuda_attn_work_bytes_max(be->T, (int32_t)hp->n_head, (int32_t)hp->n_head_kv,
                                                (int32_t)hp->head_dim, be->n_ctx, be->n_sm));
         size_t sw = 0;
-        if ((rc = ql_cuda_sample_work_bytes(be->L, (int32_t)V, &sw)) != 0) {
+        rc = ql_cuda_sample_work_bytes(be->L, (int32_t)V, &sw);
+        if (rc == QL_EINVAL) {
+            /* more than INT32_MAX logits in one call (n_logits_max · n_vocab): the sort's
+             * item count is an int. forward() needs none of it, so only device sampling goes
+             * (forward_sample: QL_EUNSUPPORTED) instead of the whole backend */
+            QL_LOG_WARN("device sampling off: %d rows of %lld logits exceed its sort's limit",
+                        (int)be->L, (long long)V);
+            rc = 0;
+            sw = 0;
+        } else if (rc != 0) {
             ql_errf(err, errlen, "device sampling cannot run %d rows of %lld", (int)be->L,
                     (long long)V);
             goto fail;
