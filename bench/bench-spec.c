@@ -197,7 +197,8 @@ static int run_once(const opts_t *o, ql_backend_t *be, ql_backend_t *draft, cons
         t1 = QL_MAX(t1, s->t_finish_ns);
         gen += (uint64_t)s->n_completion_tokens;
         if (s->t_finish_ns > s->t_first_token_ns)
-            dec += (s->n_completion_tokens - 1) / ((double)(s->t_finish_ns - s->t_first_token_ns) * 1e-9);
+            dec += (s->n_completion_tokens - 1) /
+                   ((double)(s->t_finish_ns - s->t_first_token_ns) * 1e-9);
     }
     memset(res, 0, sizeof *res);
     res->gen_tps = (double)gen / ((double)(t1 - t0) * 1e-9);
@@ -207,7 +208,8 @@ static int run_once(const opts_t *o, ql_backend_t *be, ql_backend_t *draft, cons
     res->verifies = k.spec_num_drafts;
     res->steps = k.n_steps;
     res->accept = k.spec_draft_tokens ? (double)k.spec_accepted_tokens / k.spec_draft_tokens : 0;
-    res->per_verify = k.spec_num_drafts ? 1.0 + (double)k.spec_accepted_tokens / k.spec_num_drafts : 0;
+    res->per_verify =
+        k.spec_num_drafts ? 1.0 + (double)k.spec_accepted_tokens / k.spec_num_drafts : 0;
     pthread_mutex_destroy(&mu);
     pthread_cond_destroy(&cv);
     return 0;
@@ -364,8 +366,11 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench-spec: cannot write %s\n", o.json);
         return 1;
     }
-    if (js) fprintf(js, "{\"task\": \"%s\", \"output_len\": %d, \"k\": %d, \"layers\": %d, \"results\": [",
-                    o.task, o.output_len, o.k, o.layers);
+    if (js)
+        fprintf(js,
+                "{\"task\": \"%s\", \"output_len\": %d, \"k\": %d, \"layers\": %d, "
+                "\"results\": [",
+                o.task, o.output_len, o.k, o.layers);
     printf("bench-spec: %s, task %s, %d threads, %d output tokens, k %d, layerskip L %d, %d reps\n",
            o.model, o.task, o.threads, o.output_len, o.k, o.layers, o.reps);
     printf("%4s  %-16s %9s %8s %9s %8s %8s %7s  %s\n", "C", "method", "gen tok/s", "vs none",

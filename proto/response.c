@@ -70,9 +70,11 @@ static json_t *usage_obj(const ql_proto_usage_t *u) {
      * which count the same thing (proposed tokens the model accepted or not) */
     if (u->has_spec) {
         json_t *cd = json_object();
-        if (!cd || ql__proto_set(cd, "accepted_prediction_tokens",
-                                 json_integer(u->spec_accepted_tokens)) ||
-            ql__proto_set(cd, "rejected_prediction_tokens", json_integer(u->spec_rejected_tokens))) {
+        if (!cd ||
+            ql__proto_set(cd, "accepted_prediction_tokens",
+                          json_integer(u->spec_accepted_tokens)) ||
+            ql__proto_set(cd, "rejected_prediction_tokens",
+                          json_integer(u->spec_rejected_tokens))) {
             json_decref(cd);
             goto fail;
         }

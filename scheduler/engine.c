@@ -463,8 +463,8 @@ static void sample_choice(ql_engine_t *e, choice_t *c, const float *row) {
  *      the one sampled after them, one OUTPUT event each, through the same stop conditions as
  *      ordinary decoding.
  * A choice's acceptance is an exponential average over its drafted tokens, starting from the
- * engine's average when its request leaves the inbox; a choice that stopped drafting drifts back towards that average, so it is
- * tried again. */
+ * engine's average when its request leaves the inbox; a choice that stopped drafting drifts
+ * back towards that average, so it is tried again. */
 #define SPEC_ALPHA_PRIOR 0.6f
 #define SPEC_ALPHA_RATE 0.15f   /* weight of one drafted token's outcome */
 #define SPEC_ALPHA_RETURN 0.02f /* per step without drafts, towards the engine's average */
@@ -514,7 +514,8 @@ static int draft_pick(ql_engine_t *e, int32_t i, int32_t r, int32_t base, const 
     } else {
         float *q = e->spec_q + ((size_t)i * e->spec_k + r) * n_vocab;
         rc = ql_sampler_probs(&c->sampler, e->ws, row, &hist, q);
-        if (rc == 0) tok = ql_spec_sample_probs(q, (int32_t)n_vocab, ql_sampler_uniform(&c->sampler));
+        if (rc == 0)
+            tok = ql_spec_sample_probs(q, (int32_t)n_vocab, ql_sampler_uniform(&c->sampler));
     }
     c->sampler.params = saved;
     if (rc != 0 || tok < 0) return -1;
@@ -924,7 +925,8 @@ static void step(ql_engine_t *e) {
     const uint64_t t_fwd = ql_time_ns();
     if (rc == 0) rc = ql_backend_forward(e->be, &st.batch, e->logits);
     if (rc == 0 && e->spec_method != QL_ENGINE_SPEC_NONE) {
-        ql_spec_cost_observe(&e->spec_cost, st.batch.n_tokens, (double)(ql_time_ns() - t_fwd) * 1e-9);
+        ql_spec_cost_observe(&e->spec_cost, st.batch.n_tokens,
+                             (double)(ql_time_ns() - t_fwd) * 1e-9);
         e->last_prefill_tokens = st.n_prefill_tokens;
     }
     if (rc != 0) {
@@ -1503,7 +1505,9 @@ int ql_engine_submit(ql_engine_t *e, const ql_engine_request_t *q, uint64_t *han
     r->min_tokens = q->min_tokens;
     r->ignore_eos = q->ignore_eos != 0;
     r->priority = q->priority;
-    r->spec_k = q->spec_tokens < 0 ? 0 : q->spec_tokens == 0 ? L->spec_k : QL_MIN(q->spec_tokens, L->spec_k);
+    r->spec_k = q->spec_tokens < 0    ? 0
+                : q->spec_tokens == 0 ? L->spec_k
+                                      : QL_MIN(q->spec_tokens, L->spec_k);
     r->sampling = q->sampling;
     r->sampling.logit_bias = bias;
     r->sampling.n_logit_bias = n_bias;

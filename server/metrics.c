@@ -154,8 +154,8 @@ int ql__metrics_write(ql_srv_t *s, ql_proto_buf_t *out) {
     counter(&w, "quill:generation_tokens", "Tokens generated.", k.n_generation_tokens);
     counter(&w, "quill:engine_steps", "Engine steps (forward passes).", k.n_steps);
     /* speculative decoding: vLLM's spec_decode_* counters, and the two ratios they give */
-    counter(&w, "quill:spec_decode_num_drafts", "Speculative verifies (a sequence's drafts in a step).",
-            k.spec_num_drafts);
+    counter(&w, "quill:spec_decode_num_drafts",
+            "Speculative verifies (a sequence's drafts in a step).", k.spec_num_drafts);
     counter(&w, "quill:spec_decode_num_draft_tokens", "Speculative tokens drafted and verified.",
             k.spec_draft_tokens);
     counter(&w, "quill:spec_decode_num_accepted_tokens", "Drafted tokens accepted.",

@@ -63,7 +63,8 @@ static double chi2(const int *counts, const double *p, int n, int total, int *do
     *dof = -1;
     for (int i = 0; i < n; i++) {
         if (p[i] <= 0.0) {
-            if (counts[i] != 0) fail_msg("token %d has p = 0 but was emitted %d times", i, counts[i]);
+            if (counts[i] != 0)
+                fail_msg("token %d has p = 0 but was emitted %d times", i, counts[i]);
             continue;
         }
         double e = p[i] * total;
