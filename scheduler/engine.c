@@ -305,6 +305,13 @@ static void publish_locked(ql_engine_t *e) {
     c->spec_num_drafts = e->spec_n_drafts;
     c->spec_draft_tokens = e->spec_n_draft_tokens;
     c->spec_accepted_tokens = e->spec_n_accepted;
+    if (e->dkv) {
+        ql_kv_stats_t ds;
+        ql_kv_get_stats(e->dkv, &ds);
+        c->spec_draft_kv_blocks_used = ds.n_blocks_used;
+        /* the O(pool) invariant check once the thread is done (tests read it then) */
+        if (e->stopped) c->spec_draft_kv_check = ql_kv_check(e->dkv);
+    }
     c->healthy = e->healthy;
     c->stopped = e->stopped;
 }

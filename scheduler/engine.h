@@ -197,6 +197,10 @@ typedef struct ql_engine_counters_s {
                                         drafts) */
     uint64_t spec_draft_tokens;      /* spec_decode_num_draft_tokens */
     uint64_t spec_accepted_tokens;   /* spec_decode_num_accepted_tokens */
+    int32_t spec_draft_kv_blocks_used; /* the draft model's KV blocks held by sequences (0
+                                        without a draft model) */
+    int32_t spec_draft_kv_check;     /* once stopped: 0 when the draft's block manager passes
+                                        ql_kv_check (QL_EINTERNAL otherwise) */
     int32_t healthy;                 /* 0 after a backend failure */
     int32_t stopped;                 /* 1 once the engine thread has exited */
 } ql_engine_counters_t;

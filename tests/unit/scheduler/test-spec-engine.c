@@ -186,6 +186,9 @@ static void run(ql_backend_t *be, const ql_tok_t *tok, const prompts_t *pr, cons
     assert_int_equal((int64_t)tot->counters.spec_accepted_tokens, tot->n_accepted);
     if (!c->spec) assert_int_equal(tot->n_draft, 0);
     assert_int_equal(tot->counters.kv_blocks_used, 0);
+    /* the draft model's block manager: every sequence closed, every invariant holds */
+    assert_int_equal(tot->counters.spec_draft_kv_blocks_used, 0);
+    assert_int_equal(tot->counters.spec_draft_kv_check, 0);
     pthread_mutex_destroy(&mu);
     pthread_cond_destroy(&cv);
 }
