@@ -172,21 +172,22 @@ void ql_spec_cost_observe(ql_spec_cost_t *m, int32_t n_tokens, double seconds) {
 void ql_spec_plan(const ql_spec_cost_t *m, int32_t n_base, double n_base_out, int32_t n,
                   const float *alpha, const int32_t *k_max, double draft_s, int32_t *k) {
     if (n <= 0) return;
-    double gain[256];
     for (int32_t i = 0; i < n; i++) k[i] = 0;
+    /* NOTE(plan-cap): the greedy scan is O(n) per draft added; beyond QL_SPEC_PLAN_MAX
+     * sequences (a load at which drafting does not pay on any backend we have) the rest draft
+     * nothing, which bounds a step's planning at a few hundred thousand comparisons */
+    n = QL_MIN(n, QL_SPEC_PLAN_MAX);
+    double gain[QL_SPEC_PLAN_MAX];
     double T = m->t0_s + m->c_s * (double)QL_MAX(n_base, 1);
     double G = n_base_out > 1e-9 ? n_base_out : 1e-9;
     const double dc = m->c_s + (draft_s > 0.0 ? draft_s : 0.0);
-    /* alpha^(k+1) per sequence, kept for up to 256 sequences, recomputed beyond */
-    const int cached = n <= 256;
-    if (cached)
-        for (int32_t i = 0; i < n; i++) gain[i] = alpha[i];
+    for (int32_t i = 0; i < n; i++) gain[i] = alpha[i]; /* alpha^(k+1) */
     for (;;) {
         int32_t best = -1;
         double g_best = 0.0;
         for (int32_t i = 0; i < n; i++) {
             if (k[i] >= k_max[i]) continue;
-            double g = cached ? gain[i] : pow((double)alpha[i], (double)(k[i] + 1));
+            const double g = gain[i];
             if (g > g_best) {
                 g_best = g;
                 best = i;
@@ -194,7 +195,7 @@ void ql_spec_plan(const ql_spec_cost_t *m, int32_t n_base, double n_base_out, in
         }
         if (best < 0 || !(g_best * T > G * dc)) break;
         k[best]++;
-        if (cached) gain[best] *= alpha[best];
+        gain[best] *= alpha[best];
         G += g_best;
         T += dc;
     }

@@ -37,7 +37,8 @@
 extern "C" {
 #endif
 
-#define QL_SPEC_K_MAX 16 /* drafted tokens per sequence and step at most */
+#define QL_SPEC_K_MAX 16     /* drafted tokens per sequence and step at most */
+#define QL_SPEC_PLAN_MAX 256 /* sequences ql_spec_plan gives drafts to at most (NOTE(plan-cap)) */
 
 /* ---- n-gram lookup ---- */
 
@@ -103,9 +104,10 @@ QL_API void ql_spec_cost_observe(ql_spec_cost_t *m, int32_t n_tokens, double sec
  *  output tokens: drafts are added one at a time to the sequence whose next draft is most
  *  likely to be accepted (alpha^(k+1)), while that expected gain per second added (c to verify
  *  it, plus draft_s seconds to draft it) beats the step's current output per second. Under
- *  saturation (t0 << c·N) no draft pays unless alpha ~ 1, so k falls to 0. Thread: any. */
+ *  saturation (t0 << c·N) no draft pays unless alpha ~ 1, so k falls to 0. Sequences past the
+ *  first QL_SPEC_PLAN_MAX get k = 0. Thread: any. */
 QL_API void ql_spec_plan(const ql_spec_cost_t *m, int32_t n_base, double n_base_out, int32_t n,
-                         const float *alpha, const int32_t *k_max, double draft_cost,
+                         const float *alpha, const int32_t *k_max, double draft_s,
                          int32_t *k);
 
 #ifdef __cplusplus

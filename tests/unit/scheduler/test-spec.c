@@ -286,6 +286,20 @@ static void test_plan(void **state) {
     int total = 0;
     for (int i = 0; i < 64; i++) total += k[i];
     assert_true(total > 0);
+    /* more than QL_SPEC_PLAN_MAX sequences: the rest draft nothing */
+    float al[300];
+    int32_t km[300], kk[300];
+    for (int i = 0; i < 300; i++) {
+        al[i] = 0.9999f;
+        km[i] = 4;
+        kk[i] = 7;
+    }
+    ql_spec_cost_t lowload;
+    ql_spec_cost_init(&lowload, 1.0, 1e-6); /* t0 dwarfs every token: drafts are free */
+    ql_spec_plan(&lowload, 300, 300.0, 300, al, km, 0.0, kk);
+    assert_int_equal(kk[0], 4);
+    assert_int_equal(kk[QL_SPEC_PLAN_MAX - 1], 4);
+    for (int i = QL_SPEC_PLAN_MAX; i < 300; i++) assert_int_equal(kk[i], 0);
     /* bad observations are ignored */
     double t0 = m.t0_s;
     ql_spec_cost_observe(&m, 0, 1.0);
