@@ -151,12 +151,6 @@ static int on_headers_complete(llhttp_t *p) {
     return 0;
 }
 
-static int on_header_value(llhttp_t *p, const char *at, size_t len) {
-    /* only Content-Type matters: a 200 event stream is parsed as it comes */
-    (void)p, (void)at, (void)len;
-    return 0;
-}
-
 static int on_body(llhttp_t *p, const char *at, size_t len) {
     ql__bench_call_t *c = p->data;
     size_t room = sizeof(c->head) - 1 - c->n_head;
@@ -177,7 +171,6 @@ static int on_message_complete(llhttp_t *p) {
 
 static const llhttp_settings_t k_settings = {
     .on_headers_complete = on_headers_complete,
-    .on_header_value = on_header_value,
     .on_body = on_body,
     .on_message_complete = on_message_complete,
 };
