@@ -383,11 +383,12 @@ static int cpu_copy_blocks(ql_backend_t *base, const int32_t *src, const int32_t
     cpu_backend_t *be = (cpu_backend_t *)base;
     const ql_kv_layout_t *kv = &base->info.kv;
     int rc = 0;
-    for (int32_t i = 0; i < n; i++) {
+    /* every id first: returning from the marking loop would leave earlier marks set and
+     * make a later, valid copy into those blocks look like "a dst that is also a src" */
+    for (int32_t i = 0; i < n; i++)
         if (src[i] < 0 || src[i] >= kv->n_blocks || dst[i] < 0 || dst[i] >= kv->n_blocks)
             return QL_EINVAL;
-        be->block_mark[src[i]] = 1;
-    }
+    for (int32_t i = 0; i < n; i++) be->block_mark[src[i]] = 1;
     for (int32_t i = 0; i < n && rc == 0; i++)
         if (be->block_mark[dst[i]]) rc = QL_EINVAL; /* a dst that is also a src */
     for (int32_t i = 0; i < n; i++) be->block_mark[src[i]] = 0;

@@ -675,6 +675,12 @@ static void test_copy_blocks(void **state) {
     const int32_t s2[] = {1, 2}, d2[] = {2, 3}; /* dst 2 is also a src */
     assert_int_equal(ql_backend_copy_blocks(be, s2, d2, 2), QL_EINVAL);
     assert_int_equal(ql_backend_copy_blocks(be, NULL, NULL, 0), 0);
+    /* a refused call leaves no state behind: block 4 was a valid src before the bad id, and
+     * a later copy into it is accepted */
+    const int32_t s3[] = {4, info->kv.n_blocks}, d3[] = {5, 6};
+    assert_int_equal(ql_backend_copy_blocks(be, s3, d3, 2), QL_EINVAL);
+    const int32_t s4[] = {5}, d4[] = {4};
+    assert_int_equal(ql_backend_copy_blocks(be, s4, d4, 1), 0);
     free(a.logits);
     free(b.logits);
     ql_backend_free(be);
