@@ -4,12 +4,13 @@
 # per-request context, parallel slots and threads as the quill serve it is compared with:
 #
 #   quill serve --model M --threads T --max-model-len CTX --max-num-seqs SLOTS
-#   llama-server -m M -t T -tb T -c CTX*SLOTS -np SLOTS --no-kv-unified -cb
+#   llama-server -m M -t T -tb T -c CTX*SLOTS -np SLOTS --kv-unified -cb
 #
-# (llama-server's -c is the whole KV pool, split into one stream of CTX tokens per slot, so each
-# request can use CTX tokens like quill's --max-model-len. NOTE(kv-unified): with --kv-unified
-# every sequence's attention runs over the whole shared pool (masked), which made its decode at
-# 32 slots ~100x slower than at 1; separate streams keep attention per sequence.) llama-server is built once by
+# (llama-server's -c is the whole KV pool, shared by the slots with --kv-unified, so each request
+# can use CTX tokens like quill's --max-model-len. NOTE(kv-unified): docs/BENCHMARKS.md was
+# measured this way. llama-server's decode with many slots was very slow on the shared test
+# machine (1.2 s a step at 32 slots against 9 ms at 1); one try with --no-kv-unified (a KV stream
+# per slot) was slower still; the cause is not established.) llama-server is built once by
 # llama-build.sh from the llama-cpp-python source distribution, outside the repository.
 # It runs in the foreground (exec): stop it with SIGTERM / Ctrl-C.
 #
@@ -28,4 +29,4 @@ if [ ! -f "$MODEL" ]; then
 fi
 BIN="${LLAMA_SERVER:-$("$HERE/llama-build.sh" llama-server)}"
 exec "$BIN" -m "$MODEL" --host 127.0.0.1 --port "$PORT" -c "$((CTX * SLOTS))" -np "$SLOTS" \
-    --no-kv-unified -cb -t "$THREADS" -tb "$THREADS" --no-webui "$@"
+    --kv-unified -cb -t "$THREADS" -tb "$THREADS" --no-webui "$@"
