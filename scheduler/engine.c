@@ -34,6 +34,7 @@ typedef struct choice_s {
     ql_stop_t stop;
     int32_t n_generated;
     float spec_alpha;      /* measured acceptance of this choice's drafts (NOTE(spec)) */
+    int32_t spec_n_seen;   /* drafted tokens whose outcome spec_alpha has taken in */
     int32_t spec_cand;     /* its index among this step's drafting choices (layerskip: its q
                               rows), -1 when it drafts nothing */
     int32_t dseq;          /* draft model: its sequence in the draft's block manager, or -1 */
@@ -469,8 +470,9 @@ static void sample_choice(ql_engine_t *e, choice_t *c, const float *row) {
  *      (ql_sched_spec_commit: rejected positions rolled back) and emits the accepted tokens and
  *      the one sampled after them, one OUTPUT event each, through the same stop conditions as
  *      ordinary decoding.
- * A choice's acceptance is an exponential average over its drafted tokens, starting from the
- * engine's average when its request leaves the inbox; a choice that stopped drafting drifts
+ * A choice's acceptance is an exponential average over its drafted tokens; until it has
+ * drafted, it is the engine's average at that step (so one burst's requests learn from each
+ * other's first verifies instead of each exploring from the prior); a choice that stopped drafting drifts
  * back towards that average, so it is tried again. */
 #define SPEC_ALPHA_PRIOR 0.6f
 #define SPEC_ALPHA_RATE 0.15f   /* weight of one drafted token's outcome */
@@ -481,6 +483,7 @@ static void spec_note(ql_engine_t *e, choice_t *c, int32_t n_draft, int32_t n_ac
     for (int32_t i = 0; i < n_draft && i <= n_accepted; i++) {
         const float x = i < n_accepted ? 1.0f : 0.0f;
         c->spec_alpha += SPEC_ALPHA_RATE * (x - c->spec_alpha);
+        c->spec_n_seen++;
         e->spec_alpha_all += SPEC_ALPHA_ALL_RATE * (x - e->spec_alpha_all);
     }
 }
@@ -738,6 +741,10 @@ static void spec_propose(ql_engine_t *e) {
                     continue;
                 }
             }
+            /* no outcome of its own yet: the engine's current average, not the one it had
+             * when the request arrived (a burst's requests all arrive at the prior; the
+             * first verifies of any of them then hold the rest back) */
+            if (c->spec_n_seen == 0) c->spec_alpha = e->spec_alpha_all;
             e->spec_cand[n_cand] = c;
             e->spec_kmax[n_cand] = found;
             e->spec_alphas[n_cand] = c->spec_alpha;
