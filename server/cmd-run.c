@@ -31,7 +31,6 @@
  */
 #define QL_LOG_MODULE "run"
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,16 +45,7 @@
 
 #define CMD "run"
 
-static int fail_line(int code, const char *fmt, ...) QL_PRINTF(2, 3);
-static int fail_line(int code, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("quill " CMD ": ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    return code;
-}
+#define fail_line(code, ...) ql_cmd_fail((code), CMD, __VA_ARGS__)
 
 /* ---- the prompt ---- */
 

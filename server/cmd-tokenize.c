@@ -26,16 +26,7 @@
 
 #define CMD "tokenize"
 
-static int fail_line(int code, const char *fmt, ...) QL_PRINTF(2, 3);
-static int fail_line(int code, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("quill " CMD ": ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    return code;
-}
+#define fail_line(code, ...) ql_cmd_fail((code), CMD, __VA_ARGS__)
 
 /* The TEXT arguments joined with single spaces (malloc'd, NUL-terminated), or NULL. */
 static char *join_args(char *const *args, int n, size_t *len) {

@@ -22,4 +22,8 @@ int ql_cmd_mkmodel(const ql_config_t *cfg);
  *  returns QL_EXIT_FAIL: a subcommand that cannot do its work says so, never pretends. */
 int ql_cmd_not_available(const char *cmd, const char *what);
 
+/** Prints "quill <cmd>: <message>" as one line on stderr and returns code: how a subcommand
+ *  reports the error it stops on. */
+int ql_cmd_fail(int code, const char *cmd, const char *fmt, ...) QL_PRINTF(3, 4);
+
 #endif /* QL_SERVER_CMD_H */

@@ -3,6 +3,7 @@
  * (config/) for the command and hands it to the command's implementation (server/cmd-*.c).
  */
 #define QL_LOG_MODULE "main"
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +37,16 @@ static const command_t k_commands[] = {
 int ql_cmd_not_available(const char *cmd, const char *what) {
     fprintf(stderr, "quill %s: %s is not available yet in this version\n", cmd, what);
     return QL_EXIT_FAIL;
+}
+
+int ql_cmd_fail(int code, const char *cmd, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "quill %s: ", cmd);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    return code;
 }
 
 static void print_usage(FILE *f) {
