@@ -20,6 +20,7 @@
 
 #include <cmocka.h>
 
+#include "test-mkmodel.h"
 #include "test-model.h"
 
 #include "backend/backend.h"
@@ -245,18 +246,12 @@ static const char *const k_texts[N_REQ] = {
 static void test_tiny_model(void **state) {
     (void)state;
     char err[256], path[] = "/tmp/quill-test-engine-cpu-XXXXXX";
-    int fd = mkstemp(path);
-    assert_true(fd >= 0);
-    close(fd);
     ql_mkmodel_params_t mp;
     memset(&mp, 0, sizeof(mp));
     assert_int_equal(ql_mkmodel_shape_get("tiny", &mp.shape), 0);
     mp.seed = 3;
     mp.wtype = QL_DTYPE_F32;
-    ql_mkmodel_t *m = NULL;
-    if (ql_mkmodel_init(&mp, &m, err, sizeof err) != 0) fail_msg("mkmodel: %s", err);
-    if (ql_mkmodel_write(m, path, err, sizeof err) != 0) fail_msg("mkmodel: %s", err);
-    ql_mkmodel_free(m);
+    if (ql_test_mkmodel_file(&mp, path, err, sizeof err) != 0) fail_msg("mkmodel: %s", err);
     ql_gguf_t *g = NULL;
     if (ql_gguf_open(path, &g, err, sizeof err) != 0) fail_msg("gguf: %s", err);
     ql_tok_t *tok = NULL;

@@ -32,6 +32,7 @@
 
 #include <cmocka.h>
 
+#include "test-mkmodel.h"
 #include "test-model.h"
 
 #include "backend/backend.h"
@@ -481,19 +482,13 @@ static void check_sampled(ql_backend_t *be, const ql_tok_t *tok, const int32_t *
 static void test_distribution(void **state) {
     (void)state;
     char err[256], path[] = "/tmp/quill-test-spec-XXXXXX";
-    int fd = mkstemp(path);
-    assert_true(fd >= 0);
-    close(fd);
     ql_mkmodel_params_t mp;
     memset(&mp, 0, sizeof(mp));
     assert_int_equal(ql_mkmodel_shape_get("tiny", &mp.shape), 0);
     mp.shape.n_vocab = D_VOCAB;
     mp.seed = 11;
     mp.wtype = QL_DTYPE_F32;
-    ql_mkmodel_t *m = NULL;
-    if (ql_mkmodel_init(&mp, &m, err, sizeof err) != 0) fail_msg("mkmodel: %s", err);
-    if (ql_mkmodel_write(m, path, err, sizeof err) != 0) fail_msg("mkmodel: %s", err);
-    ql_mkmodel_free(m);
+    if (ql_test_mkmodel_file(&mp, path, err, sizeof err) != 0) fail_msg("mkmodel: %s", err);
     ql_gguf_t *g = NULL;
     if (ql_gguf_open(path, &g, err, sizeof err) != 0) fail_msg("gguf: %s", err);
     ql_tok_t *tok = NULL;
@@ -563,12 +558,7 @@ static void test_distribution(void **state) {
     /* a draft model with other weights (mkmodel seed 12) over the same vocabulary */
     mp.seed = 12;
     char dpath[] = "/tmp/quill-test-spec-draft-XXXXXX";
-    fd = mkstemp(dpath);
-    assert_true(fd >= 0);
-    close(fd);
-    if (ql_mkmodel_init(&mp, &m, err, sizeof err) != 0) fail_msg("mkmodel: %s", err);
-    if (ql_mkmodel_write(m, dpath, err, sizeof err) != 0) fail_msg("mkmodel: %s", err);
-    ql_mkmodel_free(m);
+    if (ql_test_mkmodel_file(&mp, dpath, err, sizeof err) != 0) fail_msg("mkmodel: %s", err);
     ql_gguf_t *dg = NULL;
     if (ql_gguf_open(dpath, &dg, err, sizeof err) != 0) fail_msg("gguf: %s", err);
     if (ql_cpu_backend_init(dg, &bp, &g_draft, err, sizeof err) != 0) fail_msg("cpu: %s", err);
@@ -589,18 +579,12 @@ static void test_distribution(void **state) {
 static void test_layer_limit(void **state) {
     (void)state;
     char err[256], path[] = "/tmp/quill-test-spec-ll-XXXXXX";
-    int fd = mkstemp(path);
-    assert_true(fd >= 0);
-    close(fd);
     ql_mkmodel_params_t mp;
     memset(&mp, 0, sizeof(mp));
     assert_int_equal(ql_mkmodel_shape_get("tiny", &mp.shape), 0);
     mp.seed = 5;
     mp.wtype = QL_DTYPE_F32;
-    ql_mkmodel_t *m = NULL;
-    if (ql_mkmodel_init(&mp, &m, err, sizeof err) != 0) fail_msg("mkmodel: %s", err);
-    if (ql_mkmodel_write(m, path, err, sizeof err) != 0) fail_msg("mkmodel: %s", err);
-    ql_mkmodel_free(m);
+    if (ql_test_mkmodel_file(&mp, path, err, sizeof err) != 0) fail_msg("mkmodel: %s", err);
     ql_gguf_t *g = NULL;
     if (ql_gguf_open(path, &g, err, sizeof err) != 0) fail_msg("gguf: %s", err);
     ql_backend_t *be = open_backend(g, 8, 8);
