@@ -12,7 +12,7 @@
  * The model defaults to $QL_DEFAULT_MODEL, then ~/.cache/quill/SmolLM2-135M-Instruct.Q4_1.gguf.
  * Tokens are pseudo-random ids (the forward pass does not care what they say); no sampling.
  * Each figure is the mean ± sample standard deviation over --reps runs after one warm-up.
- * QL_CPU_ISA=portable|avx2|avxvnni|avx512vnni picks a kernel path.
+ * QL_CPU_ISA=portable|avx2|avxvnni|avx512vnni|amx picks a kernel path.
  */
 #include <math.h>
 #include <stdio.h>

@@ -96,11 +96,11 @@ static inline float ql__cpu_fp16_load(const void *p) {
 /* ---- packed weights ---- */
 
 /* Rows per panel: one vector lane per row, 8 for the 256-bit kernels, 16 for the 512-bit
- * ones (QL_CPU_ISA_AVX512VNNI). */
+ * ones (QL_CPU_ISA_AVX512VNNI, and QL_CPU_ISA_AMX, which shares them). */
 #define QL_CPU_PANEL_ROWS 8
 #define QL_CPU_PANEL_ROWS_MAX 16
 static inline int ql__cpu_panel_rows(ql_cpu_isa_t isa) {
-    return isa == QL_CPU_ISA_AVX512VNNI ? 16 : QL_CPU_PANEL_ROWS;
+    return isa == QL_CPU_ISA_AVX512VNNI || isa == QL_CPU_ISA_AMX ? 16 : QL_CPU_PANEL_ROWS;
 }
 
 /* How a panel block of R rows stores its quants (see ql_cpu_weight_t in cpu.h):
@@ -169,6 +169,8 @@ typedef struct ql__cpu_mm_args_s {
 QL__CPU_DECLARE_ISA(avx2)
 QL__CPU_DECLARE_ISA(avxvnni)
 QL__CPU_DECLARE_ISA(avx512vnni)
+/* QL_CPU_ISA_AMX: the avx512vnni kernels, but this matmul (cpu/kernels-amx.c) */
+void ql__cpu_mm_panels_amx(const ql__cpu_mm_args_t *a);
 #endif
 
 /* Portable versions (cpu/kernels-portable.c). */

@@ -32,6 +32,7 @@ typedef enum ql_cpu_feature_e {
     QL_CPU_FEATURE_AVX512F = 1 << 3,
     QL_CPU_FEATURE_AVXVNNI = 1 << 4,    /* VEX-encoded 256-bit VNNI (Alder Lake, Sapphire Rapids) */
     QL_CPU_FEATURE_AVX512VNNI = 1 << 5, /* with AVX512VL and AVX512BW: EVEX 256-bit VNNI */
+    QL_CPU_FEATURE_AMXINT8 = 1 << 6,    /* AMX-TILE + AMX-INT8, tile state granted by the OS */
 } ql_cpu_feature_t;
 
 /** The features of the CPU this process runs on, detected once. Thread: any. */
@@ -48,11 +49,12 @@ typedef enum ql_cpu_isa_e {
     QL_CPU_ISA_AVX2 = 1,       /* avx2 fma f16c */
     QL_CPU_ISA_AVXVNNI = 2,    /* + avxvnni */
     QL_CPU_ISA_AVX512VNNI = 3, /* + avx512f/bw/vl/vnni: 512-bit matmul on 16-row panels */
-    QL_CPU_ISA_COUNT = 4,
+    QL_CPU_ISA_AMX = 4,        /* + amx-int8: 16-token groups of the quantized matmul on tiles */
+    QL_CPU_ISA_COUNT = 5,
 } ql_cpu_isa_t;
 
 /** The best ISA path the CPU supports, lowered by the environment variable QL_CPU_ISA
- *  ("portable", "avx2", "avxvnni", "avx512vnni") when set: that is how tests and users
+ *  ("portable", "avx2", "avxvnni", "avx512vnni", "amx") when set: that is how tests and users
  *  force the portable path. An ISA the CPU lacks is never returned. Thread: any. */
 QL_API ql_cpu_isa_t ql_cpu_isa_default(void);
 /** 1 when this CPU can run `isa`. */

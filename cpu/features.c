@@ -10,6 +10,9 @@
 #include <string.h>
 #include <strings.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <sys/syscall.h>
+#endif
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
@@ -18,6 +21,20 @@ static uint64_t xgetbv0(void) {
     uint32_t lo, hi;
     __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
     return ((uint64_t)hi << 32) | lo;
+}
+
+/* NOTE(amx-perm): Linux enables the 8 KiB tile state per process on request; until then the
+ * first tile instruction faults. The permission covers every thread of the process. The
+ * environment variable QL_CPU_AMX=0 leaves it off (as if the CPU had no AMX). */
+static int amx_permit(void) {
+#if defined(__linux__) && defined(__x86_64__)
+    const char *env = getenv("QL_CPU_AMX");
+    if (env && strcmp(env, "0") == 0) return 0;
+    enum { ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18 };
+    return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+#else
+    return 0;
+#endif
 }
 
 static unsigned detect(void) {
@@ -38,8 +55,11 @@ static unsigned detect(void) {
     const int avx512vnni = (c >> 11) & 1;
     if (zmm_os && avx512f) f |= QL_CPU_FEATURE_AVX512F;
     if (zmm_os && avx512f && avx512bw && avx512vl && avx512vnni) f |= QL_CPU_FEATURE_AVX512VNNI;
+    const int amx = ((d >> 24) & 1) && ((d >> 25) & 1); /* AMX-TILE, AMX-INT8 */
     __cpuid_count(7, 1, a, b, c, d);
     if ((a >> 4) & 1) f |= QL_CPU_FEATURE_AVXVNNI;
+    if (amx && (f & QL_CPU_FEATURE_AVX512VNNI) && (xcr0 & 0x60000) == 0x60000 && amx_permit())
+        f |= QL_CPU_FEATURE_AMXINT8;
     return f;
 }
 #else
@@ -60,7 +80,8 @@ unsigned ql_cpu_features(void) {
 }
 
 void ql_cpu_features_str(unsigned features, char *buf, size_t len) {
-    static const char *const names[] = {"avx2", "fma", "f16c", "avx512f", "avxvnni", "avx512vnni"};
+    static const char *const names[] = {"avx2",    "fma",        "f16c",    "avx512f",
+                                        "avxvnni", "avx512vnni", "amx-int8"};
     size_t n = 0;
     if (len == 0) return;
     buf[0] = '\0';
@@ -81,7 +102,7 @@ int ql_cpu_count(void) {
 /* ---- ISA paths ---- */
 
 static const char *const isa_names[QL_CPU_ISA_COUNT] = {"portable", "avx2", "avxvnni",
-                                                        "avx512vnni"};
+                                                        "avx512vnni", "amx"};
 
 const char *ql_cpu_isa_name(ql_cpu_isa_t isa) {
     return (unsigned)isa < QL_CPU_ISA_COUNT ? isa_names[isa] : "unknown";
@@ -96,6 +117,11 @@ int ql_cpu_isa_supported(ql_cpu_isa_t isa) {
     case QL_CPU_ISA_AVX2: return (f & base) == base;
     case QL_CPU_ISA_AVXVNNI: return (f & base) == base && (f & QL_CPU_FEATURE_AVXVNNI);
     case QL_CPU_ISA_AVX512VNNI: return (f & base) == base && (f & QL_CPU_FEATURE_AVX512VNNI);
+#ifdef __x86_64__
+    case QL_CPU_ISA_AMX:
+        return (f & base) == base && (f & QL_CPU_FEATURE_AVX512VNNI) &&
+               (f & QL_CPU_FEATURE_AMXINT8);
+#endif
 #endif
     default: return 0;
     }
@@ -109,6 +135,7 @@ ql_cpu_isa_t ql_cpu_isa_default(void) {
     if (ql_cpu_isa_supported(QL_CPU_ISA_AVX2)) best = QL_CPU_ISA_AVX2;
     if (ql_cpu_isa_supported(QL_CPU_ISA_AVXVNNI)) best = QL_CPU_ISA_AVXVNNI;
     if (ql_cpu_isa_supported(QL_CPU_ISA_AVX512VNNI)) best = QL_CPU_ISA_AVX512VNNI;
+    if (ql_cpu_isa_supported(QL_CPU_ISA_AMX)) best = QL_CPU_ISA_AMX;
     const char *env = getenv("QL_CPU_ISA");
     if (env && *env) {
         for (int i = 0; i < QL_CPU_ISA_COUNT; i++) {

@@ -27,14 +27,16 @@
     switch (isa) {                                                                                 \
     case QL_CPU_ISA_AVX2: fn##_avx2(__VA_ARGS__); break;                                           \
     case QL_CPU_ISA_AVXVNNI: fn##_avxvnni(__VA_ARGS__); break;                                     \
-    case QL_CPU_ISA_AVX512VNNI: fn##_avx512vnni(__VA_ARGS__); break;                               \
+    case QL_CPU_ISA_AVX512VNNI:                                                                    \
+    case QL_CPU_ISA_AMX: fn##_avx512vnni(__VA_ARGS__); break;                                      \
     default: fn##_portable(__VA_ARGS__); break;                                                    \
     }
 #define DISPATCH_RET(isa, fn, ...)                                                                 \
     switch (isa) {                                                                                 \
     case QL_CPU_ISA_AVX2: return fn##_avx2(__VA_ARGS__);                                           \
     case QL_CPU_ISA_AVXVNNI: return fn##_avxvnni(__VA_ARGS__);                                     \
-    case QL_CPU_ISA_AVX512VNNI: return fn##_avx512vnni(__VA_ARGS__);                               \
+    case QL_CPU_ISA_AVX512VNNI:                                                                    \
+    case QL_CPU_ISA_AMX: return fn##_avx512vnni(__VA_ARGS__);                                      \
     default: return fn##_portable(__VA_ARGS__);                                                    \
     }
 #else
@@ -364,6 +366,7 @@ void ql_cpu_matmul_rows(const ql_cpu_weight_t *w, const ql_cpu_act_t *x, float *
     case QL_CPU_ISA_AVX2: ql__cpu_mm_panels_avx2(&a); break;
     case QL_CPU_ISA_AVXVNNI: ql__cpu_mm_panels_avxvnni(&a); break;
     case QL_CPU_ISA_AVX512VNNI: ql__cpu_mm_panels_avx512vnni(&a); break;
+    case QL_CPU_ISA_AMX: ql__cpu_mm_panels_amx(&a); break;
 #endif
     default: QL_ASSERT(!"weight prepared for an ISA this build lacks");
     }

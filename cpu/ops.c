@@ -175,6 +175,7 @@ void ql__cpu_attn_tile(ql_cpu_isa_t isa, const ql_kv_layout_t *kv, const uint16_
                                       n_group, scale, scratch, scratch_stride);
             return;
         case QL_CPU_ISA_AVX512VNNI:
+        case QL_CPU_ISA_AMX:
             ql__cpu_attn_tile_avx512vnni(kv, k_pool, v_pool, kv_head, table, n_q, n_pos, q, out,
                                          n_group, scale, scratch, scratch_stride);
             return;
