@@ -10,7 +10,7 @@
  * the cost is one copy of the weights in anonymous memory (the mapping's pages are then
  * never touched again and the kernel can drop them). llama.cpp does the same for Q4_0.
  *
- * NOTE(kquant): K-quant weights (Q4_K, Q6_K) are dequantized at init with the reference
+ * NOTE(kquant): K-quant weights (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K) are dequantized at init with the reference
  * ql_dequantize_row() and requantized to Q8_0 (per 32 values d = max|x|/127, fp16) so the
  * Q8_0 kernel serves them: the extra error per weight is at most d/2 ≈ 0.4% of its block's
  * largest magnitude. BF16 is widened to F32 exactly.
@@ -116,7 +116,10 @@ int ql_cpu_weight_type_supported(int t) {
     case QL_DTYPE_Q5_0:
     case QL_DTYPE_Q5_1:
     case QL_DTYPE_Q8_0:
-    case QL_DTYPE_Q4_K: /* the K-quants model/quant.c can dequantize */
+    case QL_DTYPE_Q2_K: /* the K-quants, which model/quant.c dequantizes (NOTE(kquant)) */
+    case QL_DTYPE_Q3_K:
+    case QL_DTYPE_Q4_K:
+    case QL_DTYPE_Q5_K:
     case QL_DTYPE_Q6_K: return 1;
     default: return 0;
     }

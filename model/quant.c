@@ -320,6 +320,82 @@ static void dequant_q6_k(const uint8_t *b, float *y, int64_t nb) {
     }
 }
 
+/* Q2_K (84 bytes): 16 bytes of 4-bit (scale, min) pairs, one per 16 elements (low nibble
+ * scale, high nibble min), 64 bytes of 2-bit quants, then fp16 d and dmin. Each 128 elements
+ * read 32 quant bytes four times, at shifts 0, 2, 4, 6; each shift covers two 16-element
+ * sub-blocks (bytes 0..15, then 16..31). */
+static void dequant_q2_k(const uint8_t *b, float *y, int64_t nb) {
+    for (int64_t i = 0; i < nb; i++, b += 84) {
+        const uint8_t *sc = b, *q = b + 16;
+        const float d = ql_fp16_load(b + 80), dmin = ql_fp16_load(b + 82);
+        for (int n = 0; n < QL_QK_K; n += 128, q += 32) {
+            for (int shift = 0; shift < 8; shift += 2) {
+                for (int half = 0; half < 2; half++, sc++) {
+                    const float dl = d * (float)(*sc & 0x0f), ml = dmin * (float)(*sc >> 4);
+                    for (int l = 0; l < 16; l++)
+                        *y++ = dl * (float)((q[16 * half + l] >> shift) & 3) - ml;
+                }
+            }
+        }
+    }
+}
+
+/* Q3_K (110 bytes): 32 bytes of high bits (hmask), 64 bytes of low 2-bit quants, 12 bytes
+ * of sixteen 6-bit scales, fp16 d. Scale j: its low 4 bits are the low (j < 8) or high
+ * (j >= 8) nibble of byte j mod 8, its top 2 bits are bits 2·(j / 4) .. +1 of byte
+ * 8 + j mod 4; the value is that minus 32. A quant is its 2 low bits, minus 4 when its
+ * hmask bit is clear. The walk over 128-element halves is Q2_K's; the hmask bit moves one
+ * place per shift. */
+static void dequant_q3_k(const uint8_t *b, float *y, int64_t nb) {
+    for (int64_t i = 0; i < nb; i++, b += 110) {
+        const uint8_t *hm = b, *q = b + 32, *s = b + 96;
+        const float d = ql_fp16_load(b + 108);
+        int8_t scales[16];
+        for (int j = 0; j < 16; j++) {
+            const int lo = j < 8 ? (s[j] & 0x0f) : (s[j - 8] >> 4);
+            const int hi = (s[8 + j % 4] >> (2 * (j / 4))) & 3;
+            scales[j] = (int8_t)((lo | (hi << 4)) - 32);
+        }
+        int is = 0;
+        uint8_t m = 1;
+        for (int n = 0; n < QL_QK_K; n += 128, q += 32) {
+            for (int shift = 0; shift < 8; shift += 2, m = (uint8_t)(m << 1)) {
+                for (int half = 0; half < 2; half++) {
+                    const float dl = d * (float)scales[is++];
+                    for (int l = 0; l < 16; l++) {
+                        const int k = 16 * half + l;
+                        const int v = ((q[k] >> shift) & 3) - ((hm[k] & m) ? 0 : 4);
+                        *y++ = dl * (float)v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* Q5_K (176 bytes): fp16 d and dmin, Q4_K's 12 bytes of 6-bit (scale, min) pairs, 32 bytes
+ * of high bits, 128 bytes of low nibbles. Each 64 elements: 32 low nibbles (sub-block 2k,
+ * high bit 2k of qh[l]), then 32 high nibbles (sub-block 2k + 1, high bit 2k + 1). */
+static void dequant_q5_k(const uint8_t *b, float *y, int64_t nb) {
+    for (int64_t i = 0; i < nb; i++, b += 176) {
+        const float d = ql_fp16_load(b), dmin = ql_fp16_load(b + 2);
+        const uint8_t *scales = b + 4, *qh = b + 4 + QL_K_SCALE_SIZE;
+        const uint8_t *q = qh + QL_QK_K / 8;
+        for (int k = 0; k < QL_QK_K / 64; k++, q += 32) {
+            uint8_t sc, m;
+            k4_scale_min(2 * k, scales, &sc, &m);
+            const float d1 = d * sc, m1 = dmin * m;
+            k4_scale_min(2 * k + 1, scales, &sc, &m);
+            const float d2 = d * sc, m2 = dmin * m;
+            const uint8_t u1 = (uint8_t)(1u << (2 * k)), u2 = (uint8_t)(2u << (2 * k));
+            for (int l = 0; l < 32; l++)
+                *y++ = d1 * (float)((q[l] & 0x0f) + ((qh[l] & u1) ? 16 : 0)) - m1;
+            for (int l = 0; l < 32; l++)
+                *y++ = d2 * (float)((q[l] >> 4) + ((qh[l] & u2) ? 16 : 0)) - m2;
+        }
+    }
+}
+
 int ql_dequantize_row(int t, const void *src, float *dst, int64_t n) {
     const dtype_info_t *info = dtype_info(t);
     if (!info || !src || !dst || n < 0 || n % info->block_elems != 0) return QL_EINVAL;
@@ -342,7 +418,10 @@ int ql_dequantize_row(int t, const void *src, float *dst, int64_t n) {
     case QL_DTYPE_Q5_0: dequant_q5_0(b, dst, nb); return 0;
     case QL_DTYPE_Q5_1: dequant_q5_1(b, dst, nb); return 0;
     case QL_DTYPE_Q8_0: dequant_q8_0(b, dst, nb); return 0;
+    case QL_DTYPE_Q2_K: dequant_q2_k(b, dst, nb); return 0;
+    case QL_DTYPE_Q3_K: dequant_q3_k(b, dst, nb); return 0;
     case QL_DTYPE_Q4_K: dequant_q4_k(b, dst, nb); return 0;
+    case QL_DTYPE_Q5_K: dequant_q5_k(b, dst, nb); return 0;
     case QL_DTYPE_Q6_K: dequant_q6_k(b, dst, nb); return 0;
     default: return QL_EUNSUPPORTED;
     }

@@ -112,7 +112,7 @@ QL_API float ql_fp16_load(const void *p);
 /* ---- rows ---- */
 
 /** Reference dequantization of `n` elements (a multiple of the block size) of type `t`:
- *  F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K.
+ *  F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K.
  *  @return 0, QL_EINVAL (unknown id, NULL pointer or bad n) or QL_EUNSUPPORTED (a known
  *  type without a reference). Thread: any. */
 QL_API int ql_dequantize_row(int t, const void *src, float *dst, int64_t n);

@@ -178,6 +178,30 @@ static int is_quant32(int t) {
            t == QL_DTYPE_Q8_0;
 }
 
+/* Q2_K, Q3_K and Q5_K have no quantizer in quill (only files bring them): their rows are
+ * random blocks, every quant and sub-scale byte random and the fp16 super-block scales
+ * (d, dmin) set to about rs / 16, so the weights span a few times ±rs. Returns -1 for the
+ * other types (the caller quantizes). */
+static int random_kquant_row(int t, uint64_t *rng, float rs, uint8_t *dst, int64_t n_in) {
+    int d_at, m_at, bytes;
+    switch (t) {
+    case QL_DTYPE_Q2_K: bytes = 84, d_at = 80, m_at = 82; break;
+    case QL_DTYPE_Q3_K: bytes = 110, d_at = 108, m_at = -1; break;
+    case QL_DTYPE_Q5_K: bytes = 176, d_at = 0, m_at = 2; break;
+    default: return -1;
+    }
+    for (int64_t b = 0; b < n_in / 256; b++, dst += bytes) {
+        for (int i = 0; i < bytes; i++) dst[i] = (uint8_t)rng_next(rng);
+        const uint16_t d = ql_fp32_to_fp16(rng_f(rng, 0.5f, 1.0f) * rs / 16.0f);
+        memcpy(dst + d_at, &d, 2);
+        if (m_at >= 0) {
+            const uint16_t m = ql_fp32_to_fp16(rng_f(rng, -1.0f, 1.0f) * rs / 16.0f);
+            memcpy(dst + m_at, &m, 2);
+        }
+    }
+    return 0;
+}
+
 static double max_err_seen; /* largest |err| / bound over the run, printed at the end */
 
 static void check_matmul_case(const mm_case_t *c, uint64_t seed) {
@@ -192,7 +216,8 @@ static void check_matmul_case(const mm_case_t *c, uint64_t seed) {
         const float rs = 0.02f * (float)(1 + r % 5); /* rows of different scales */
         for (int64_t i = 0; i < n_in; i++)
             wf[r * n_in + i] = rng_f(&rng, -rs, rs) + (i % 7 == 0 ? rs : 0.0f);
-        assert_int_equal(ql_quantize_row(t, wf + r * n_in, wq + (size_t)r * row_bytes, n_in), 0);
+        if (random_kquant_row(t, &rng, rs, wq + (size_t)r * row_bytes, n_in) != 0)
+            assert_int_equal(ql_quantize_row(t, wf + r * n_in, wq + (size_t)r * row_bytes, n_in), 0);
         /* the reference weights: what the file holds, dequantized by model/quant.c */
         assert_int_equal(ql_dequantize_row(t, wq + (size_t)r * row_bytes, wf + r * n_in, n_in), 0);
     }
@@ -285,7 +310,7 @@ static void check_matmul_case(const mm_case_t *c, uint64_t seed) {
                                  ql_dtype_name(t), (long long)n_in, (long long)r, (long long)tt,
                                  e_exact, err1);
                     bound = err1 + qerr;
-                    if (t == QL_DTYPE_Q4_K || t == QL_DTYPE_Q6_K) {
+                    if (ql_dtype_block_elems(t) == 256) {
                         /* (3) NOTE(kquant): requantizing to Q8_0 moves each weight by at most
                          * d8·(1/2 + 127·2^-11) (rounding to the grid, plus the fp16 scale's
                          * relative rounding times |q| <= 127), d8 = max|w_b|/127 (+ slack
@@ -326,7 +351,8 @@ static void test_matmul_types(void **state) {
     (void)state;
     static const int types[] = {QL_DTYPE_F32,  QL_DTYPE_F16,  QL_DTYPE_BF16, QL_DTYPE_Q4_0,
                                 QL_DTYPE_Q4_1, QL_DTYPE_Q5_0, QL_DTYPE_Q5_1, QL_DTYPE_Q8_0,
-                                QL_DTYPE_Q4_K, QL_DTYPE_Q6_K};
+                                QL_DTYPE_Q2_K, QL_DTYPE_Q3_K, QL_DTYPE_Q4_K, QL_DTYPE_Q5_K,
+                                QL_DTYPE_Q6_K};
     static const int64_t n_outs[] = {1, 7, 8, 17, 40};
     static const int64_t n_toks[] = {1, 2, 3, 4, 5, 9, 67};
     uint64_t seed = 1;
@@ -334,7 +360,7 @@ static void test_matmul_types(void **state) {
         const int t = types[ti];
         int64_t n_ins[3];
         int n_n = 0;
-        if (t == QL_DTYPE_Q4_K || t == QL_DTYPE_Q6_K) {
+        if (ql_dtype_block_elems(t) == 256) { /* K-quants */
             n_ins[n_n++] = 256;
             n_ins[n_n++] = 512;
         } else if (is_quant32(t)) {
@@ -416,8 +442,10 @@ static void test_weight_errors(void **state) {
                      QL_EINVAL);
     assert_int_equal(ql_cpu_weight_init(&w, QL_CPU_ISA_PORTABLE, QL_DTYPE_I32, 32, 1, buf),
                      QL_EUNSUPPORTED);
-    assert_int_equal(ql_cpu_weight_init(&w, QL_CPU_ISA_PORTABLE, QL_DTYPE_Q2_K, 256, 1, buf),
+    assert_int_equal(ql_cpu_weight_init(&w, QL_CPU_ISA_PORTABLE, QL_DTYPE_Q8_K, 256, 1, buf),
                      QL_EUNSUPPORTED);
+    assert_int_equal(ql_cpu_weight_init(&w, QL_CPU_ISA_PORTABLE, QL_DTYPE_Q2_K, 128, 1, buf),
+                     QL_EINVAL); /* not a whole 256-element block */
     assert_int_equal(ql_cpu_weight_init(&w, QL_CPU_ISA_COUNT, QL_DTYPE_F32, 4, 1, buf), QL_EINVAL);
     ql_cpu_weight_free(&w); /* zeroed by the failed init: a no-op */
     assert_int_equal(ql_cpu_act_bytes(3, 33), 0);

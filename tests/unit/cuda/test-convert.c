@@ -110,8 +110,9 @@ static void test_range_and_errors(void **state) {
     assert_int_equal(bad, 5);
     /* a type without a reference dequantization; rows that are not whole blocks */
     static uint8_t blob[4096];
-    assert_int_equal(ql__cuda_rows_to_f16(QL_DTYPE_Q2_K, blob, 256, 0, 1, out, 1, NULL),
+    assert_int_equal(ql__cuda_rows_to_f16(QL_DTYPE_Q8_K, blob, 256, 0, 1, out, 1, NULL),
                      QL_EUNSUPPORTED);
+    assert_int_equal(ql__cuda_rows_to_f16(QL_DTYPE_Q5_K, blob, 256, 0, 1, out, 1, NULL), 0);
     assert_int_equal(ql__cuda_rows_to_f16(QL_DTYPE_Q4_0, blob, 33, 0, 1, out, 1, NULL), QL_EINVAL);
     assert_int_equal(ql__cuda_rows_to_f16(QL_DTYPE_F32, NULL, N, 0, 1, out, 1, NULL), QL_EINVAL);
     assert_int_equal(ql__cuda_rows_to_f16(QL_DTYPE_F32, w, N, 2, 1, out, 1, NULL), QL_EINVAL);

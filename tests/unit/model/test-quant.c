@@ -423,7 +423,9 @@ static void test_dequant_errors(void **state) {
     assert_int_equal(ql_dequantize_row(QL_DTYPE_Q8_0, b, y, -32), QL_EINVAL);
     assert_int_equal(ql_dequantize_row(QL_DTYPE_Q8_0, NULL, y, 32), QL_EINVAL);
     assert_int_equal(ql_dequantize_row(4, b, y, 32), QL_EINVAL); /* unknown id */
-    assert_int_equal(ql_dequantize_row(QL_DTYPE_Q2_K, b, y, 0), QL_EUNSUPPORTED);
+    assert_int_equal(ql_dequantize_row(QL_DTYPE_Q8_K, b, y, 0), QL_EUNSUPPORTED);
+    assert_int_equal(ql_dequantize_row(QL_DTYPE_Q8_1, b, y, 0), QL_EUNSUPPORTED);
+    assert_int_equal(ql_dequantize_row(QL_DTYPE_Q2_K, b, y, 32), QL_EINVAL); /* not 256 */
     assert_int_equal(ql_dequantize_row(QL_DTYPE_I32, b, y, 4), QL_EUNSUPPORTED);
     assert_int_equal(ql_quantize_row(QL_DTYPE_Q5_K, y, b, 0), QL_EUNSUPPORTED);
     assert_int_equal(ql_quantize_row(QL_DTYPE_Q4_0, y, b, 16), QL_EINVAL);
@@ -657,6 +659,49 @@ static void test_dequant_real_model(void **state) {
     ql_gguf_free(g);
 }
 
+/* tests/fixtures/quant/dequant-k.txt (tools/reference/dump-kdequant.py): blocks of every
+ * K-quant with random quants and scales, as ggml's own dequantize_row_* (and gguf-py, which
+ * the script checks agrees) turns them into floats. */
+static void test_dequant_k_vs_ggml(void **state) {
+    (void)state;
+    FILE *fx = fopen("tests/fixtures/quant/dequant-k.txt", "r");
+    assert_non_null(fx);
+    char tname[32];
+    int n_blocks = 0, seen[QL_DTYPE_COUNT] = {0};
+    while (fscanf(fx, "%31s", tname) == 1) {
+        ql_dtype_t t;
+        assert_int_equal(ql_dtype_parse(tname, &t), 0);
+        const size_t nbytes = ql_dtype_block_bytes(t);
+        assert_int_equal(ql_dtype_block_elems(t), 256);
+        uint8_t blk[256];
+        assert_true(nbytes <= sizeof(blk));
+        for (size_t i = 0; i < nbytes; i++) {
+            unsigned v;
+            assert_int_equal(fscanf(fx, "%2x", &v), 1);
+            blk[i] = (uint8_t)v;
+        }
+        float got[256];
+        assert_int_equal(ql_dequantize_row(t, blk, got, 256), 0);
+        for (int i = 0; i < 256; i++) {
+            unsigned want;
+            assert_int_equal(fscanf(fx, "%8x", &want), 1);
+            uint32_t bits;
+            memcpy(&bits, &got[i], 4);
+            if (bits != want)
+                fail_msg("%s block %d element %d: quill %08x, ggml %08x", tname, seen[t], i,
+                         (unsigned)bits, want);
+        }
+        seen[t]++;
+        n_blocks++;
+    }
+    assert_true(feof(fx));
+    fclose(fx);
+    const ql_dtype_t kq[] = {QL_DTYPE_Q2_K, QL_DTYPE_Q3_K, QL_DTYPE_Q4_K, QL_DTYPE_Q5_K,
+                             QL_DTYPE_Q6_K};
+    for (size_t i = 0; i < QL_ARRAY_LEN(kq); i++) assert_true(seen[kq[i]] >= 1);
+    assert_int_equal(n_blocks, 15);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_names_and_sizes),
@@ -677,6 +722,7 @@ int main(void) {
         cmocka_unit_test(test_quant_known_bytes),
         cmocka_unit_test(test_quant_k_roundtrip),
         cmocka_unit_test(test_quant_vs_gguf_py),
+        cmocka_unit_test(test_dequant_k_vs_ggml),
         cmocka_unit_test(test_dequant_real_model),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
