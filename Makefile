@@ -47,19 +47,22 @@ run: build
 	  $(BUILD)/quill --version && \
 	  scripts/run-default.sh $(BUILD)/quill "$$model" $(PORT)
 
-# libFuzzer over the GGUF reader and hparams (needs clang): builds $(FUZZ_BUILD)/fuzz-gguf and
-# runs it for FUZZ_SECONDS on a scratch corpus seeded from tests/corpus/gguf. Crashes land in
-# $(FUZZ_BUILD)/fuzz-artifacts/: add each to the regression corpus (tools/gen-gguf-corpus.py).
+# libFuzzer (needs clang) over FUZZ_TARGET: gguf (the GGUF reader and hparams) or request (the
+# OpenAI request parser). Builds $(FUZZ_BUILD)/fuzz-$(FUZZ_TARGET) and runs it for FUZZ_SECONDS
+# on a scratch corpus seeded from tests/corpus/$(FUZZ_TARGET). Crashes land in
+# $(FUZZ_BUILD)/fuzz-artifacts/: add each to the regression corpus (for gguf through
+# tools/gen-gguf-corpus.py).
 FUZZ_BUILD   ?= build-fuzz
 FUZZ_SECONDS ?= 60
+FUZZ_TARGET  ?= gguf
 
 fuzz:
 	@command -v clang >/dev/null || { echo "make fuzz: needs clang (scripts/install-deps.sh)" >&2; exit 1; }
 	CC=clang cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQL_FUZZ=ON -DQL_CUDA=OFF $(CMAKE_ARGS)
-	cmake --build $(FUZZ_BUILD) --target fuzz-gguf -j $(JOBS)
-	mkdir -p $(FUZZ_BUILD)/fuzz-corpus $(FUZZ_BUILD)/fuzz-artifacts
-	$(FUZZ_BUILD)/fuzz-gguf -max_total_time=$(FUZZ_SECONDS) -dict=tests/fuzz/gguf.dict \
-	  -artifact_prefix=$(FUZZ_BUILD)/fuzz-artifacts/ $(FUZZ_BUILD)/fuzz-corpus tests/corpus/gguf
+	cmake --build $(FUZZ_BUILD) --target fuzz-$(FUZZ_TARGET) -j $(JOBS)
+	mkdir -p $(FUZZ_BUILD)/fuzz-corpus-$(FUZZ_TARGET) $(FUZZ_BUILD)/fuzz-artifacts
+	$(FUZZ_BUILD)/fuzz-$(FUZZ_TARGET) -max_total_time=$(FUZZ_SECONDS) -dict=tests/fuzz/$(FUZZ_TARGET).dict \
+	  -artifact_prefix=$(FUZZ_BUILD)/fuzz-artifacts/ $(FUZZ_BUILD)/fuzz-corpus-$(FUZZ_TARGET) tests/corpus/$(FUZZ_TARGET)
 
 # deploy/ (docs/DEPLOY.md): the Dockerfile's CPU variant built with podman on a local Debian
 # base image, with the unit tests and a quill serve check inside it; the compose file and the

@@ -24,13 +24,24 @@ static void set_param(ql_proto_error_t *e, const char *param) {
     if (param) snprintf(e->param, sizeof e->param, "%s", param);
 }
 
+/* NOTE(error-one-line): a message may quote the client's own bytes (jansson's parse error
+ * quotes the bad token, a model name is echoed back), and those may hold newlines or other
+ * control characters: each becomes a space, so a message is always one line, in the JSON body
+ * and in the server's log. Found by fuzz-request. */
+static void one_line(char *s) {
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f) *s = ' ';
+}
+
 static void vset(ql_proto_error_t *e, int status, const char *type, const char *code,
                  const char *param, const char *fmt, va_list ap) {
     e->status = status;
     e->type = type;
     e->code = code;
     set_param(e, param);
+    one_line(e->param);
     vsnprintf(e->message, sizeof e->message, fmt, ap);
+    one_line(e->message);
 }
 
 void ql_proto_error_set(ql_proto_error_t *e, int status, const char *type, const char *code,
