@@ -14,6 +14,10 @@ ok() { echo "test-image: ok: $*"; }
 version=$(quill --version) || fail "quill --version exited $?"
 echo "$version"
 [[ $version == "quill "* ]] || fail "quill --version: unexpected output"
+if [ -n "${QL_EXPECT_COMMIT:-}" ]; then # the build's --build-arg QL_COMMIT
+    [[ $version == *"(commit $QL_EXPECT_COMMIT)"* ]] ||
+        fail "quill --version does not name commit $QL_EXPECT_COMMIT"
+fi
 ok "quill --version"
 [ "$(id -u)" -ne 0 ] || fail "the image runs as root"
 [ "$(id -un)" = quill ] || fail "the image's user is $(id -un), not quill"

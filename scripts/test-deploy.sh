@@ -95,6 +95,8 @@ fi
 build=("${PODMAN[@]}" build --isolation chroot --format docker --pull=never -f deploy/Dockerfile
        --build-arg "BASE_BUILD=$BASE_IMG" --build-arg "BASE_RUN=$BASE_IMG"
        --build-arg QL_CUDA=OFF --build-arg "JOBS=$JOBS" --build-arg "BAKE_MODEL=$BAKE")
+commit=$(git rev-parse --short=12 HEAD 2>/dev/null || true)
+[ -z "$commit" ] || build+=(--build-arg "QL_COMMIT=$commit")
 # BAKE_MODEL's pip download trusts what this machine's pip trusts (a TLS-intercepting proxy's CA)
 ca="${PIP_CERT:-${REQUESTS_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}}"
 [ ! -s "$ca" ] || build+=(--secret "id=pip-ca,src=$ca")
