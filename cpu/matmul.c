@@ -10,8 +10,8 @@
  * the cost is one copy of the weights in anonymous memory (the mapping's pages are then
  * never touched again and the kernel can drop them). llama.cpp does the same for Q4_0.
  *
- * NOTE(kquant): K-quant weights (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K) are dequantized at init with the reference
- * ql_dequantize_row() and requantized to Q8_0 (per 32 values d = max|x|/127, fp16) so the
+ * NOTE(kquant): K-quant weights (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K) and IQ4_NL / IQ4_XS are
+ * dequantized at init with the reference ql_dequantize_row() and requantized to Q8_0 (per 32 values d = max|x|/127, fp16) so the
  * Q8_0 kernel serves them: the extra error per weight is at most d/2 ≈ 0.4% of its block's
  * largest magnitude. BF16 is widened to F32 exactly.
  */
@@ -120,7 +120,9 @@ int ql_cpu_weight_type_supported(int t) {
     case QL_DTYPE_Q3_K:
     case QL_DTYPE_Q4_K:
     case QL_DTYPE_Q5_K:
-    case QL_DTYPE_Q6_K: return 1;
+    case QL_DTYPE_Q6_K:
+    case QL_DTYPE_IQ4_NL: /* and the IQ4 pair, the same way */
+    case QL_DTYPE_IQ4_XS: return 1;
     default: return 0;
     }
 }
@@ -129,9 +131,10 @@ int ql_cpu_weight_needs_q8(const ql_cpu_weight_t *w) {
     return w->_ktype != QL_DTYPE_F32 && w->_ktype != QL_DTYPE_F16;
 }
 
-static int is_kquant(int t) {
+/* The types requantized to Q8_0 at init (NOTE(kquant)). */
+static int needs_requant(int t) {
     return t == QL_DTYPE_Q2_K || t == QL_DTYPE_Q3_K || t == QL_DTYPE_Q4_K || t == QL_DTYPE_Q5_K ||
-           t == QL_DTYPE_Q6_K;
+           t == QL_DTYPE_Q6_K || t == QL_DTYPE_IQ4_NL || t == QL_DTYPE_IQ4_XS;
 }
 
 /* Q8_0 block from 32 floats, ggml's rule with a round-to-nearest-even fp16 scale. */
@@ -261,7 +264,7 @@ int ql_cpu_weight_init(ql_cpu_weight_t *w, ql_cpu_isa_t isa, int type, int64_t n
     w->_row_bytes = row_bytes;
 
     float *tmp = NULL;
-    if (type == QL_DTYPE_BF16 || is_kquant(type)) {
+    if (type == QL_DTYPE_BF16 || needs_requant(type)) {
         const int kt = type == QL_DTYPE_BF16 ? QL_DTYPE_F32 : QL_DTYPE_Q8_0;
         size_t conv_row;
         if ((rc = ql_dtype_row_bytes(kt, n_in, &conv_row))) return rc;

@@ -1,6 +1,6 @@
 /*
  * cuda/convert.c — the host half of the CUDA backend's weight upload: GGUF rows of any type
- * model/quant.c dequantizes (F32, F16, BF16, Q4_0 ... Q8_0, Q2_K ... Q6_K) turned into f16 rows,
+ * model/quant.c dequantizes (F32, F16, BF16, Q4_0 ... Q8_0, Q2_K ... Q6_K, IQ4_NL, IQ4_XS) turned into f16 rows,
  * the layout cuBLAS and the kernels read. The backend (cuda/backend.cu) streams each tensor
  * through a pinned staging buffer a slice of rows at a time, so host memory stays bounded
  * whatever the model's size. Plain C, compiled into every build: tests/unit/cuda/ checks it

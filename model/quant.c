@@ -32,8 +32,8 @@ typedef struct dtype_info_s {
     size_t block_bytes;
 } dtype_info_t;
 
-/* Indexed by ggml type id; ids 4, 5 (the removed q4_2/q4_3), 16..23 (IQ formats) and
- * 29, 31.. are not known to quill and have a NULL name. */
+/* Indexed by ggml type id; ids 4, 5 (the removed q4_2/q4_3), 16..19, 21, 22 (the IQ formats
+ * on lattice grids) and 29, 31.. are not known to quill and have a NULL name. */
 static const dtype_info_t k_dtypes[QL_DTYPE_COUNT] = {
     [QL_DTYPE_F32] = {"f32", 1, 4},
     [QL_DTYPE_F16] = {"f16", 1, 2},
@@ -49,6 +49,8 @@ static const dtype_info_t k_dtypes[QL_DTYPE_COUNT] = {
     [QL_DTYPE_Q5_K] = {"q5_K", QL_QK_K, 4 + QL_K_SCALE_SIZE + QL_QK_K / 8 + QL_QK_K / 2}, /* 176 */
     [QL_DTYPE_Q6_K] = {"q6_K", QL_QK_K, QL_QK_K / 2 + QL_QK_K / 4 + QL_QK_K / 16 + 2},   /* 210 */
     [QL_DTYPE_Q8_K] = {"q8_K", QL_QK_K, 4 + QL_QK_K + QL_QK_K / 16 * 2},                 /* 292 */
+    [QL_DTYPE_IQ4_NL] = {"iq4_nl", 32, 2 + 16},                                     /* 18 */
+    [QL_DTYPE_IQ4_XS] = {"iq4_xs", QL_QK_K, 2 + 2 + QL_QK_K / 64 + QL_QK_K / 2}, /* 136 */
     [QL_DTYPE_I8] = {"i8", 1, 1},
     [QL_DTYPE_I16] = {"i16", 1, 2},
     [QL_DTYPE_I32] = {"i32", 1, 4},
@@ -396,6 +398,43 @@ static void dequant_q5_k(const uint8_t *b, float *y, int64_t nb) {
     }
 }
 
+/* NOTE(iq4-grid): the 16 values a 4-bit IQ4 quant indexes, part of the format's definition
+ * (ggml's kvalues_iq4nl): non-uniform, denser near zero, where trained weights cluster. */
+static const int8_t k_iq4_grid[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                      1,    13,   25,  38,  53,  69,  89,  113};
+
+/* IQ4_NL (18 bytes): fp16 d, then 16 bytes whose low nibbles are elements 0..15 and high
+ * nibbles 16..31, each an index into the grid. */
+static void dequant_iq4_nl(const uint8_t *b, float *y, int64_t nb) {
+    for (int64_t i = 0; i < nb; i++, b += 18, y += 32) {
+        const float d = ql_fp16_load(b);
+        const uint8_t *q = b + 2;
+        for (int j = 0; j < 16; j++) {
+            y[j] = d * (float)k_iq4_grid[q[j] & 0x0f];
+            y[j + 16] = d * (float)k_iq4_grid[q[j] >> 4];
+        }
+    }
+}
+
+/* IQ4_XS (136 bytes): fp16 d, a 16-bit word with the top 2 bits of eight 6-bit sub-block
+ * scales (bits 2·ib..), 4 bytes with their low 4 bits (nibble ib % 2 of byte ib / 2), then per
+ * 32-element sub-block IQ4_NL's 16 nibble bytes. Scale ib is d · (ls − 32). */
+static void dequant_iq4_xs(const uint8_t *b, float *y, int64_t nb) {
+    for (int64_t i = 0; i < nb; i++, b += 136) {
+        const float d = ql_fp16_load(b);
+        const unsigned sh = (unsigned)b[2] | ((unsigned)b[3] << 8);
+        const uint8_t *sl = b + 4, *q = b + 8;
+        for (int ib = 0; ib < QL_QK_K / 32; ib++, q += 16, y += 32) {
+            const int ls = ((sl[ib / 2] >> (4 * (ib % 2))) & 0x0f) | (((sh >> (2 * ib)) & 3) << 4);
+            const float dl = d * (float)(ls - 32);
+            for (int j = 0; j < 16; j++) {
+                y[j] = dl * (float)k_iq4_grid[q[j] & 0x0f];
+                y[j + 16] = dl * (float)k_iq4_grid[q[j] >> 4];
+            }
+        }
+    }
+}
+
 int ql_dequantize_row(int t, const void *src, float *dst, int64_t n) {
     const dtype_info_t *info = dtype_info(t);
     if (!info || !src || !dst || n < 0 || n % info->block_elems != 0) return QL_EINVAL;
@@ -423,6 +462,8 @@ int ql_dequantize_row(int t, const void *src, float *dst, int64_t n) {
     case QL_DTYPE_Q4_K: dequant_q4_k(b, dst, nb); return 0;
     case QL_DTYPE_Q5_K: dequant_q5_k(b, dst, nb); return 0;
     case QL_DTYPE_Q6_K: dequant_q6_k(b, dst, nb); return 0;
+    case QL_DTYPE_IQ4_NL: dequant_iq4_nl(b, dst, nb); return 0;
+    case QL_DTYPE_IQ4_XS: dequant_iq4_xs(b, dst, nb); return 0;
     default: return QL_EUNSUPPORTED;
     }
 }

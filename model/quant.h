@@ -31,6 +31,8 @@ typedef enum ql_dtype_e {
     QL_DTYPE_Q5_K = 13,
     QL_DTYPE_Q6_K = 14,
     QL_DTYPE_Q8_K = 15,
+    QL_DTYPE_IQ4_NL = 20, /* 32 non-linear 4-bit values (a fixed 16-entry grid) and an fp16 d */
+    QL_DTYPE_IQ4_XS = 23, /* IQ4_NL's grid in 256-element blocks with 6-bit sub-block scales */
     QL_DTYPE_I8 = 24,
     QL_DTYPE_I16 = 25,
     QL_DTYPE_I32 = 26,
@@ -112,7 +114,7 @@ QL_API float ql_fp16_load(const void *p);
 /* ---- rows ---- */
 
 /** Reference dequantization of `n` elements (a multiple of the block size) of type `t`:
- *  F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K.
+ *  F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS.
  *  @return 0, QL_EINVAL (unknown id, NULL pointer or bad n) or QL_EUNSUPPORTED (a known
  *  type without a reference). Thread: any. */
 QL_API int ql_dequantize_row(int t, const void *src, float *dst, int64_t n);

@@ -175,22 +175,29 @@ typedef struct mm_case_s {
 
 static int is_quant32(int t) {
     return t == QL_DTYPE_Q4_0 || t == QL_DTYPE_Q4_1 || t == QL_DTYPE_Q5_0 || t == QL_DTYPE_Q5_1 ||
-           t == QL_DTYPE_Q8_0;
+           t == QL_DTYPE_Q8_0 || t == QL_DTYPE_IQ4_NL;
 }
 
-/* Q2_K, Q3_K and Q5_K have no quantizer in quill (only files bring them): their rows are
- * random blocks, every quant and sub-scale byte random and the fp16 super-block scales
- * (d, dmin) set to about rs / 16, so the weights span a few times ±rs. Returns -1 for the
- * other types (the caller quantizes). */
+/* Types the backend requantizes to Q8_0 at init (NOTE(kquant)). */
+static int is_requant(int t) {
+    return ql_dtype_block_elems(t) == 256 || t == QL_DTYPE_IQ4_NL;
+}
+
+/* Q2_K, Q3_K, Q5_K, IQ4_NL and IQ4_XS have no quantizer in quill (only files bring them):
+ * their rows are random blocks, every quant and sub-scale byte random and the fp16 (super-)
+ * block scales (d, dmin) set to about rs / 16 (IQ4_NL's, whose quants reach 127, rs / 128),
+ * so the weights span a few times ±rs. Returns -1 for the other types (the caller quantizes). */
 static int random_kquant_row(int t, uint64_t *rng, float rs, uint8_t *dst, int64_t n_in) {
     int d_at, m_at, bytes;
     switch (t) {
     case QL_DTYPE_Q2_K: bytes = 84, d_at = 80, m_at = 82; break;
     case QL_DTYPE_Q3_K: bytes = 110, d_at = 108, m_at = -1; break;
     case QL_DTYPE_Q5_K: bytes = 176, d_at = 0, m_at = 2; break;
+    case QL_DTYPE_IQ4_NL: bytes = 18, d_at = 0, m_at = -1, rs /= 8.0f; break;
+    case QL_DTYPE_IQ4_XS: bytes = 136, d_at = 0, m_at = -1; break;
     default: return -1;
     }
-    for (int64_t b = 0; b < n_in / 256; b++, dst += bytes) {
+    for (int64_t b = 0; b < n_in / ql_dtype_block_elems(t); b++, dst += bytes) {
         for (int i = 0; i < bytes; i++) dst[i] = (uint8_t)rng_next(rng);
         const uint16_t d = ql_fp32_to_fp16(rng_f(rng, 0.5f, 1.0f) * rs / 16.0f);
         memcpy(dst + d_at, &d, 2);
@@ -310,7 +317,7 @@ static void check_matmul_case(const mm_case_t *c, uint64_t seed) {
                                  ql_dtype_name(t), (long long)n_in, (long long)r, (long long)tt,
                                  e_exact, err1);
                     bound = err1 + qerr;
-                    if (ql_dtype_block_elems(t) == 256) {
+                    if (is_requant(t)) {
                         /* (3) NOTE(kquant): requantizing to Q8_0 moves each weight by at most
                          * d8·(1/2 + 127·2^-11) (rounding to the grid, plus the fp16 scale's
                          * relative rounding times |q| <= 127), d8 = max|w_b|/127 (+ slack
@@ -352,7 +359,7 @@ static void test_matmul_types(void **state) {
     static const int types[] = {QL_DTYPE_F32,  QL_DTYPE_F16,  QL_DTYPE_BF16, QL_DTYPE_Q4_0,
                                 QL_DTYPE_Q4_1, QL_DTYPE_Q5_0, QL_DTYPE_Q5_1, QL_DTYPE_Q8_0,
                                 QL_DTYPE_Q2_K, QL_DTYPE_Q3_K, QL_DTYPE_Q4_K, QL_DTYPE_Q5_K,
-                                QL_DTYPE_Q6_K};
+                                QL_DTYPE_Q6_K, QL_DTYPE_IQ4_NL, QL_DTYPE_IQ4_XS};
     static const int64_t n_outs[] = {1, 7, 8, 17, 40};
     static const int64_t n_toks[] = {1, 2, 3, 4, 5, 9, 67};
     uint64_t seed = 1;

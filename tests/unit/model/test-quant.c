@@ -73,6 +73,7 @@ static void test_names_and_sizes(void **state) {
         {QL_DTYPE_I8, "i8", 1, 1},         {QL_DTYPE_I16, "i16", 1, 2},
         {QL_DTYPE_I32, "i32", 1, 4},       {QL_DTYPE_I64, "i64", 1, 8},
         {QL_DTYPE_F64, "f64", 1, 8},       {QL_DTYPE_BF16, "bf16", 1, 2},
+        {QL_DTYPE_IQ4_NL, "iq4_nl", 32, 18}, {QL_DTYPE_IQ4_XS, "iq4_xs", 256, 136},
     };
     int known = 0;
     for (size_t i = 0; i < sizeof(k) / sizeof(k[0]); i++) {
@@ -83,7 +84,7 @@ static void test_names_and_sizes(void **state) {
         assert_int_equal(ql_dtype_parse(k[i].name, &t), 0);
         assert_int_equal(t, k[i].t);
     }
-    /* every other id below QL_DTYPE_COUNT is unknown: 4, 5, 16..23, 29, 31..39 */
+    /* every other id below QL_DTYPE_COUNT is unknown: 4, 5, 16..19, 21, 22, 29, 31..39 */
     for (int t = -1; t <= QL_DTYPE_COUNT; t++) {
         if (ql_dtype_name(t)) {
             known++;
@@ -659,10 +660,10 @@ static void test_dequant_real_model(void **state) {
     ql_gguf_free(g);
 }
 
-/* tests/fixtures/quant/dequant-k.txt (tools/reference/dump-kdequant.py): blocks of every
- * K-quant with random quants and scales, as ggml's own dequantize_row_* (and gguf-py, which
- * the script checks agrees) turns them into floats. */
-static void test_dequant_k_vs_ggml(void **state) {
+/* tests/fixtures/quant/dequant-k.txt (tools/reference/dump-kdequant.py): rows of 256
+ * elements of every K-quant and of IQ4_NL / IQ4_XS with random quants and scales, as ggml's
+ * own dequantize_row_* (and gguf-py, which the script checks agrees) turns them into floats. */
+static void test_dequant_vs_ggml(void **state) {
     (void)state;
     FILE *fx = fopen("tests/fixtures/quant/dequant-k.txt", "r");
     assert_non_null(fx);
@@ -671,8 +672,7 @@ static void test_dequant_k_vs_ggml(void **state) {
     while (fscanf(fx, "%31s", tname) == 1) {
         ql_dtype_t t;
         assert_int_equal(ql_dtype_parse(tname, &t), 0);
-        const size_t nbytes = ql_dtype_block_bytes(t);
-        assert_int_equal(ql_dtype_block_elems(t), 256);
+        const size_t nbytes = ql_dtype_block_bytes(t) * (size_t)(256 / ql_dtype_block_elems(t));
         uint8_t blk[256];
         assert_true(nbytes <= sizeof(blk));
         for (size_t i = 0; i < nbytes; i++) {
@@ -696,10 +696,10 @@ static void test_dequant_k_vs_ggml(void **state) {
     }
     assert_true(feof(fx));
     fclose(fx);
-    const ql_dtype_t kq[] = {QL_DTYPE_Q2_K, QL_DTYPE_Q3_K, QL_DTYPE_Q4_K, QL_DTYPE_Q5_K,
-                             QL_DTYPE_Q6_K};
+    const ql_dtype_t kq[] = {QL_DTYPE_Q2_K, QL_DTYPE_Q3_K,   QL_DTYPE_Q4_K,  QL_DTYPE_Q5_K,
+                             QL_DTYPE_Q6_K, QL_DTYPE_IQ4_NL, QL_DTYPE_IQ4_XS};
     for (size_t i = 0; i < QL_ARRAY_LEN(kq); i++) assert_true(seen[kq[i]] >= 1);
-    assert_int_equal(n_blocks, 15);
+    assert_int_equal(n_blocks, 21);
 }
 
 int main(void) {
@@ -722,7 +722,7 @@ int main(void) {
         cmocka_unit_test(test_quant_known_bytes),
         cmocka_unit_test(test_quant_k_roundtrip),
         cmocka_unit_test(test_quant_vs_gguf_py),
-        cmocka_unit_test(test_dequant_k_vs_ggml),
+        cmocka_unit_test(test_dequant_vs_ggml),
         cmocka_unit_test(test_dequant_real_model),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
