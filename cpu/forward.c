@@ -1,5 +1,5 @@
 /*
- * cpu/forward.c — the CPU backend: the Llama-family forward pass (llama, qwen2) over a
+ * cpu/forward.c — the CPU backend: the Llama-family forward pass (llama, qwen2, qwen3) over a
  * paged KV cache, behind the backend/backend.h ops table.
  *
  * One forward() is one pool run: every thread walks the same sequence of phases, each split
@@ -45,6 +45,7 @@
 typedef struct layer_s {
     const float *attn_norm, *ffn_norm; /* [n_embd] f32, in the mapping */
     const float *bq, *bk, *bv;         /* [q_dim], [kv_dim], [kv_dim] or NULL */
+    const float *qn, *kn;              /* [head_dim] per-head q/k RMSNorm weights (qwen3) or NULL */
     ql_cpu_weight_t wq, wk, wv, wo, wg, wu, wd;
 } layer_t;
 
@@ -254,11 +255,13 @@ static void forward_task(void *ctx, int ith, int nth) {
             while (cc >= m[i].n_chunks) cc -= m[i++].n_chunks;
             mm_chunk(&m[i], &a, cc);
         }
-        /* C: RoPE, K and V into the pages */
+        /* C: (qwen3: each head of q and k RMSNormed), RoPE, K and V into the pages */
         FOR_CHUNKS(&w, n_tok_chunks, c) {
             TOKENS(c);
             for (int64_t t = t0; t < t1; t++) {
                 float *q = be->qkv + t * LDQKV, *k = q + QD, *v = k + KVD;
+                if (L->qn) ql_cpu_rmsnorm(q, q, L->qn, n_head, HD, be->hp.rms_eps);
+                if (L->kn) ql_cpu_rmsnorm(k, k, L->kn, n_kv, HD, be->hp.rms_eps);
                 ql_cpu_rope_apply(&be->rope, be->cs + t * NR, q, n_head, (int)HD);
                 ql_cpu_rope_apply(&be->rope, be->cs + t * NR, k, n_kv, (int)HD);
                 const int32_t s = b->seq_of_token[t], p = b->pos[t];
@@ -563,6 +566,8 @@ int ql_cpu_backend_init(const ql_gguf_t *g, const ql_backend_params_t *p, ql_bac
         L->bq = f32_data(lw->attn_q_bias);
         L->bk = f32_data(lw->attn_k_bias);
         L->bv = f32_data(lw->attn_v_bias);
+        L->qn = f32_data(lw->attn_q_norm);
+        L->kn = f32_data(lw->attn_k_norm);
         const ql_gguf_tensor_t *ts[] = {lw->attn_q,   lw->attn_k, lw->attn_v,  lw->attn_output,
                                         lw->ffn_gate, lw->ffn_up, lw->ffn_down};
         ql_cpu_weight_t *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->wg, &L->wu, &L->wd};

@@ -817,6 +817,15 @@ extern "C" int ql_cuda_backend_init(const ql_gguf_t *g, const ql_backend_params_
             rc = QL_EUNSUPPORTED;
             goto fail;
         }
+        /* NOTE(cuda-qk-norm): qwen3's per-head q/k RMSNorm has no kernel here yet (one that
+         * could not be run against the CPU reference on a device would be a guess); with
+         * --backend auto the server then loads the model on the CPU backend. */
+        if (hp->has_qk_norm) {
+            ql_errf(err, errlen, "the per-head q/k RMSNorm of %s is not supported by the CUDA backend",
+                    hp->arch_name);
+            rc = QL_EUNSUPPORTED;
+            goto fail;
+        }
         if (hp->n_head_kv == 0 || hp->n_head % hp->n_head_kv || hp->head_dim % 2 ||
             !ql_cuda_attn_head_dim_supported((int32_t)hp->head_dim)) {
             ql_errf(err, errlen,

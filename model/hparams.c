@@ -120,6 +120,7 @@ static const struct {
 } k_arches[] = {
     {"llama", QL_ARCH_LLAMA},
     {"qwen2", QL_ARCH_QWEN2},
+    {"qwen3", QL_ARCH_QWEN3},
 };
 
 static int read_arch(const ql_gguf_t *g, ql_hparams_t *hp, char *err, size_t errlen) {
@@ -142,7 +143,7 @@ static int read_arch(const ql_gguf_t *g, ql_hparams_t *hp, char *err, size_t err
         }
     }
     char esc[160];
-    ql_errf(err, errlen, "unsupported architecture '%s' (supported: llama, qwen2)",
+    ql_errf(err, errlen, "unsupported architecture '%s' (supported: llama, qwen2, qwen3)",
             ql_gguf_str_escape(s, 32, esc, sizeof(esc)));
     return QL_EUNSUPPORTED;
 }
@@ -294,6 +295,10 @@ int ql_hparams_read(const ql_gguf_t *g, ql_hparams_t *out, char *err, size_t err
     if (hp.arch == QL_ARCH_QWEN2) {
         hp.rope_layout = QL_ROPE_LAYOUT_HALVES;
         hp.has_qkv_bias = 1;
+    } else if (hp.arch == QL_ARCH_QWEN3) {
+        hp.rope_layout = QL_ROPE_LAYOUT_HALVES;
+        hp.has_qkv_bias = ql_gguf_find_tensor(g, "blk.0.attn_q.bias") != NULL;
+        hp.has_qk_norm = 1;
     } else {
         hp.rope_layout = QL_ROPE_LAYOUT_ADJACENT;
         hp.has_qkv_bias = ql_gguf_find_tensor(g, "blk.0.attn_q.bias") != NULL;
@@ -312,13 +317,14 @@ char *ql_hparams_summary(const ql_hparams_t *hp, char *buf, size_t n) {
     snprintf(buf, n,
              "%s n_embd=%u n_layer=%u n_head=%u n_head_kv=%u head_dim=%u n_ff=%u n_vocab=%u n_ctx_train=%u "
              "rope_base=%g rope_scaling=%s factor=%g orig_ctx=%u rope_freqs=%s rope_layout=%s rms_eps=%g "
-             "tied_embeddings=%s qkv_bias=%s",
+             "tied_embeddings=%s qkv_bias=%s qk_norm=%s",
              hp->arch_name ? hp->arch_name : "?", hp->n_embd, hp->n_layer, hp->n_head, hp->n_head_kv, hp->head_dim,
              hp->n_ff, hp->n_vocab, hp->n_ctx_train, (double)hp->rope_freq_base,
              (unsigned)hp->rope_scaling < QL_ARRAY_LEN(k_scaling) ? k_scaling[hp->rope_scaling] : "?",
              (double)hp->rope_scaling_factor, hp->rope_scaling_orig_ctx, hp->has_rope_freqs ? "yes" : "no",
              hp->rope_layout == QL_ROPE_LAYOUT_HALVES ? "halves" : "adjacent", (double)hp->rms_eps,
-             hp->tied_embeddings ? "yes" : "no", hp->has_qkv_bias ? "yes" : "no");
+             hp->tied_embeddings ? "yes" : "no", hp->has_qkv_bias ? "yes" : "no",
+             hp->has_qk_norm ? "yes" : "no");
     return buf;
 }
 
@@ -392,6 +398,10 @@ static int want_layer(wctx_t *c, const ql_hparams_t *hp, uint32_t il, ql_layer_w
         L(attn_q_bias, "attn_q.bias", q, 0, "[n_head*head_dim]", opt_bias, F32_ONLY);
         L(attn_k_bias, "attn_k.bias", kv, 0, "[n_head_kv*head_dim]", opt_bias, F32_ONLY);
         L(attn_v_bias, "attn_v.bias", kv, 0, "[n_head_kv*head_dim]", opt_bias, F32_ONLY);
+    }
+    if (hp->has_qk_norm) {
+        L(attn_q_norm, "attn_q_norm.weight", hp->head_dim, 0, "[head_dim]", REQUIRED, F32_ONLY);
+        L(attn_k_norm, "attn_k_norm.weight", hp->head_dim, 0, "[head_dim]", REQUIRED, F32_ONLY);
     }
 #undef L
     return 0;

@@ -1,7 +1,8 @@
 /*
  * model/hparams.h — a Llama-family model's hyper-parameters and its weights table, read from
- * an open GGUF (model/gguf.h). Supported architectures: `llama` (Llama 2/3, SmolLM2, Mistral)
- * and `qwen2` (Llama plus Q/K/V biases, NEOX-style RoPE). The CPU and CUDA backends size
+ * an open GGUF (model/gguf.h). Supported architectures: `llama` (Llama 2/3, SmolLM2, Mistral),
+ * `qwen2` (Llama plus Q/K/V biases, NEOX-style RoPE) and `qwen3` (qwen2's RoPE, no biases, an
+ * RMSNorm over each head of Q and of K before RoPE). The CPU and CUDA backends size
  * their buffers from ql_hparams_t and find every weight through ql_weights_t.
  *
  * NOTE(gguf-shapes): a GGUF tensor's ne[0] is its input dimension (row length): a linear
@@ -23,6 +24,7 @@ extern "C" {
 typedef enum ql_arch_e {
     QL_ARCH_LLAMA = 0,
     QL_ARCH_QWEN2 = 1,
+    QL_ARCH_QWEN3 = 2,
 } ql_arch_t;
 
 typedef enum ql_rope_scaling_e {
@@ -36,13 +38,14 @@ typedef enum ql_rope_layout_e {
     /* (x[2i], x[2i+1]): llama. llama.cpp's converter permuted the Q/K rows of the Hugging
      * Face checkpoint so that ggml's plain ("NORM") RoPE applies. */
     QL_ROPE_LAYOUT_ADJACENT = 0,
-    /* (x[i], x[i + head_dim/2]): qwen2, ggml's NEOX mode (no permutation at conversion). */
+    /* (x[i], x[i + head_dim/2]): qwen2 and qwen3, ggml's NEOX mode (no permutation at
+     * conversion). */
     QL_ROPE_LAYOUT_HALVES = 1,
 } ql_rope_layout_t;
 
 typedef struct ql_hparams_s {
     ql_arch_t arch;
-    const char *arch_name;        /* "llama" or "qwen2" (static string) */
+    const char *arch_name;        /* "llama", "qwen2" or "qwen3" (static string) */
     uint32_t n_embd;              /* model width */
     uint32_t n_layer;
     uint32_t n_head;              /* query heads */
@@ -61,7 +64,9 @@ typedef struct ql_hparams_s {
     int tied_embeddings;          /* 1: no output.weight, logits use token_embd */
     ql_rope_layout_t rope_layout;
     int has_qkv_bias;             /* attn_{q,k,v}.bias in every layer: always for qwen2; for
-                                     llama when blk.0.attn_q.bias exists */
+                                     llama and qwen3 when blk.0.attn_q.bias exists */
+    int has_qk_norm;              /* qwen3: attn_{q,k}_norm, an RMSNorm (rms_eps) of each head
+                                     of Q and of K, weighted, between the projection and RoPE */
 } ql_hparams_t;
 
 /** Reads the hyper-parameters of the model in `g` (borrowed; the result holds no pointer
@@ -90,6 +95,8 @@ typedef struct ql_layer_weights_s {
     const ql_gguf_tensor_t *attn_q_bias; /* f32 {q_dim}; NULL unless has_qkv_bias */
     const ql_gguf_tensor_t *attn_k_bias; /* f32 {kv_dim}; NULL unless has_qkv_bias */
     const ql_gguf_tensor_t *attn_v_bias; /* f32 {kv_dim}; NULL unless has_qkv_bias */
+    const ql_gguf_tensor_t *attn_q_norm; /* f32 {head_dim}; NULL unless has_qk_norm */
+    const ql_gguf_tensor_t *attn_k_norm; /* f32 {head_dim}; NULL unless has_qk_norm */
     const ql_gguf_tensor_t *ffn_norm;    /* f32 {n_embd} */
     const ql_gguf_tensor_t *ffn_gate;    /* {n_embd, n_ff} */
     const ql_gguf_tensor_t *ffn_up;      /* {n_embd, n_ff} */

@@ -118,7 +118,7 @@ static const char *kind_text(char kind) {
     case 'i': return "an integer";
     case 'f': return "a number";
     case 'b': return "true or false";
-    case 's': return "\"llama\" or \"qwen2\"";
+    case 's': return "\"llama\", \"qwen2\" or \"qwen3\"";
     default: return "a string";
     }
 }
@@ -147,7 +147,8 @@ int ql_mkmodel_shape_set_str(ql_mkmodel_shape_t *s, const char *key, const char 
     if (f->kind == 's') {
         if (strcmp(v, "llama") == 0) s->arch = QL_MKMODEL_ARCH_LLAMA;
         else if (strcmp(v, "qwen2") == 0) s->arch = QL_MKMODEL_ARCH_QWEN2;
-        else return set_err(err, errlen, QL_EINVAL, "field 'arch' is \"%s\" (accepted: llama, qwen2)", v);
+        else if (strcmp(v, "qwen3") == 0) s->arch = QL_MKMODEL_ARCH_QWEN3;
+        else return set_err(err, errlen, QL_EINVAL, "field 'arch' is \"%s\" (accepted: llama, qwen2, qwen3)", v);
         return 0;
     }
     if (f->kind == 'n') {
@@ -193,8 +194,8 @@ int ql_mkmodel_shape_check(const ql_mkmodel_shape_t *shape, ql_dtype_t wtype, ch
         if (!(v >= f->min && v <= f->max))
             return set_err(err, errlen, QL_EINVAL, "field '%s' is %g, outside %g..%g", f->key, v, f->min, f->max);
     }
-    if (s->arch != QL_MKMODEL_ARCH_LLAMA && s->arch != QL_MKMODEL_ARCH_QWEN2)
-        return set_err(err, errlen, QL_EINVAL, "field 'arch' is %d (accepted: llama, qwen2)", s->arch);
+    if (s->arch != QL_MKMODEL_ARCH_LLAMA && s->arch != QL_MKMODEL_ARCH_QWEN2 && s->arch != QL_MKMODEL_ARCH_QWEN3)
+        return set_err(err, errlen, QL_EINVAL, "field 'arch' is %d (accepted: llama, qwen2, qwen3)", s->arch);
     if (!memchr(s->name, '\0', sizeof(s->name)) || !s->name[0])
         return set_err(err, errlen, QL_EINVAL, "field 'name' is empty or too long");
     if (s->n_embd % s->n_head != 0)
@@ -785,7 +786,7 @@ done:
 static int add_metadata(ql_mkmodel_t *m, char *err, size_t errlen) {
     const ql_mkmodel_shape_t *s = &m->_p.shape;
     ql_gguf_writer_t *w = m->_w;
-    const char *arch = s->arch == QL_MKMODEL_ARCH_QWEN2 ? "qwen2" : "llama";
+    const char *arch = s->arch == QL_MKMODEL_ARCH_QWEN2 ? "qwen2" : s->arch == QL_MKMODEL_ARCH_QWEN3 ? "qwen3" : "llama";
     char key[128], name[128];
     int rc = 0;
 #define KEY(suffix) (snprintf(key, sizeof(key), "%s." suffix, arch), key)
@@ -804,9 +805,14 @@ static int add_metadata(ql_mkmodel_t *m, char *err, size_t errlen) {
     if (!rc) rc = ql_gguf_writer_set_f32(w, KEY("attention.layer_norm_rms_epsilon"), s->rms_eps);
     if (!rc) rc = ql_gguf_writer_set_u32(w, "general.file_type", file_type(m->_p.wtype));
     if (!rc) rc = ql_gguf_writer_set_u32(w, KEY("vocab_size"), (uint32_t)s->n_vocab);
-    /* convert writes the rope dimension for Llama (its head size); Qwen2 leaves it implied */
+    /* convert writes the rope dimension for Llama (its head size); Qwen2 leaves it implied;
+     * Qwen3, whose head size need not be n_embd / n_head, writes the key and value lengths */
     if (!rc && s->arch == QL_MKMODEL_ARCH_LLAMA)
         rc = ql_gguf_writer_set_u32(w, KEY("rope.dimension_count"), (uint32_t)(s->n_embd / s->n_head));
+    if (!rc && s->arch == QL_MKMODEL_ARCH_QWEN3)
+        rc = ql_gguf_writer_set_u32(w, KEY("attention.key_length"), (uint32_t)(s->n_embd / s->n_head));
+    if (!rc && s->arch == QL_MKMODEL_ARCH_QWEN3)
+        rc = ql_gguf_writer_set_u32(w, KEY("attention.value_length"), (uint32_t)(s->n_embd / s->n_head));
 #undef KEY
     if (rc) return set_err(err, errlen, rc, "declaring the metadata: %s", ql_strerror(rc));
     if ((rc = add_vocab(m, err, errlen)) != 0) return rc;
@@ -861,21 +867,29 @@ static int add_tensors(ql_mkmodel_t *m, char *err, size_t errlen) {
         static const struct {
             const char *suffix;
             int is_norm, is_bias, n_dims;
-            char in, out; /* 'e' n_embd, 'q' n_q, 'k' n_kv, 'f' n_ff */
+            char in, out; /* 'e' n_embd, 'q' n_q, 'k' n_kv, 'f' n_ff, 'h' head_dim */
         } k[] = {
-            {"attn_norm.weight", 1, 0, 1, 'e', 0}, {"attn_q.weight", 0, 0, 2, 'e', 'q'},
-            {"attn_q.bias", 0, 1, 1, 'q', 0},      {"attn_k.weight", 0, 0, 2, 'e', 'k'},
-            {"attn_k.bias", 0, 1, 1, 'k', 0},      {"attn_v.weight", 0, 0, 2, 'e', 'k'},
-            {"attn_v.bias", 0, 1, 1, 'k', 0},      {"attn_output.weight", 0, 0, 2, 'q', 'e'},
-            {"ffn_norm.weight", 1, 0, 1, 'e', 0},  {"ffn_gate.weight", 0, 0, 2, 'e', 'f'},
-            {"ffn_up.weight", 0, 0, 2, 'e', 'f'},  {"ffn_down.weight", 0, 0, 2, 'f', 'e'},
+            /* is_norm 2: qwen3's per-head q/k norms, in the order its converter writes them */
+            {"attn_norm.weight", 1, 0, 1, 'e', 0},   {"attn_q.weight", 0, 0, 2, 'e', 'q'},
+            {"attn_q.bias", 0, 1, 1, 'q', 0},        {"attn_k.weight", 0, 0, 2, 'e', 'k'},
+            {"attn_k.bias", 0, 1, 1, 'k', 0},        {"attn_v.weight", 0, 0, 2, 'e', 'k'},
+            {"attn_v.bias", 0, 1, 1, 'k', 0},        {"attn_q_norm.weight", 2, 0, 1, 'h', 0},
+            {"attn_k_norm.weight", 2, 0, 1, 'h', 0}, {"attn_output.weight", 0, 0, 2, 'q', 'e'},
+            {"ffn_norm.weight", 1, 0, 1, 'e', 0},    {"ffn_gate.weight", 0, 0, 2, 'e', 'f'},
+            {"ffn_up.weight", 0, 0, 2, 'e', 'f'},    {"ffn_down.weight", 0, 0, 2, 'f', 'e'},
         };
         for (size_t j = 0; j < QL_ARRAY_LEN(k); j++) {
             if (k[j].is_bias && s->arch != QL_MKMODEL_ARCH_QWEN2) continue;
+            if (k[j].is_norm == 2 && s->arch != QL_MKMODEL_ARCH_QWEN3) continue;
             int64_t dim[2];
             char c[2] = {k[j].in, k[j].out};
             for (int d = 0; d < 2; d++)
-                dim[d] = c[d] == 'e' ? s->n_embd : c[d] == 'q' ? n_q : c[d] == 'k' ? n_kv : c[d] == 'f' ? s->n_ff : 1;
+                dim[d] = c[d] == 'e'   ? s->n_embd
+                         : c[d] == 'q' ? n_q
+                         : c[d] == 'k' ? n_kv
+                         : c[d] == 'f' ? s->n_ff
+                         : c[d] == 'h' ? head_dim
+                                       : 1;
             snprintf(name, sizeof(name), "blk.%lld.%s", (long long)l, k[j].suffix);
             int plain = k[j].is_norm || k[j].is_bias;
             rc = add_tensor(m, name, plain ? QL_DTYPE_F32 : wt, k[j].n_dims, dim[0], dim[1], GEN_NOISE,

@@ -26,6 +26,7 @@ extern "C" {
 typedef enum ql_mkmodel_arch_e {
     QL_MKMODEL_ARCH_LLAMA = 0,
     QL_MKMODEL_ARCH_QWEN2 = 1, /* Llama plus q/k/v biases */
+    QL_MKMODEL_ARCH_QWEN3 = 2, /* qwen2's RoPE, no biases, per-head q/k RMSNorm weights */
 } ql_mkmodel_arch_t;
 
 /* Fixed token ids of every generated vocabulary. */
@@ -68,7 +69,7 @@ QL_API void ql_mkmodel_shape_blank(ql_mkmodel_shape_t *s);
 /** "n_layer, n_embd, ...": the fields a shape file may hold, for messages. */
 QL_API const char *ql_mkmodel_shape_fields(void);
 /** Sets field `key` from a shape file. Integer fields take integral numbers in range, float
- *  fields numbers, `tied` a bool, `arch` "llama" or "qwen2", `name` a string. On error
+ *  fields numbers, `tied` a bool, `arch` "llama", "qwen2" or "qwen3", `name` a string. On error
  *  writes one line naming the field into err. @return 0, QL_ENOENT (unknown field: the line
  *  lists the known ones) or QL_EINVAL (wrong kind or out of range). */
 QL_API int ql_mkmodel_shape_set_num(ql_mkmodel_shape_t *s, const char *key, double v, char *err, size_t errlen);

@@ -1,6 +1,6 @@
 /*
  * tests/unit/cpu/test-forward.c — the CPU backend's forward pass on tiny random models
- * written by model/mkmodel (llama and qwen2, tied and untied, GQA, several weight types):
+ * written by model/mkmodel (llama, qwen2 and qwen3, tied and untied, GQA, several weight types):
  *   (a) it equals a naive dense-attention forward pass written here (double precision, no
  *       pages, weights dequantized by model/quant.c) within the tolerances derived below;
  *   (b) batch invariance: a sequence's logits are bit-identical alone and inside a batch of
@@ -94,6 +94,16 @@ static ql_mkmodel_shape_t shape_qwen2(void) {
     return s;
 }
 
+/* qwen3: no biases, each head of q and k RMSNormed (its own weights) before RoPE on halves */
+static ql_mkmodel_shape_t shape_qwen3(void) {
+    ql_mkmodel_shape_t s = shape_qwen2();
+    snprintf(s.name, sizeof(s.name), "test-qwen3");
+    s.arch = QL_MKMODEL_ARCH_QWEN3;
+    s.rms_eps = 1e-6f;
+    s.tied = 1;
+    return s;
+}
+
 /* Llama 3 RoPE scaling (a rope_freqs.weight tensor) with an original context short enough
  * that the tiny model's frequencies fall on both sides of the blend. */
 static ql_mkmodel_shape_t shape_llama3(void) {
@@ -130,7 +140,7 @@ typedef struct ref_s {
     double base, eps;
     double *embd, *out, *out_norm;
     double *rope_ff; /* [HD/2] llama3 frequency divisors, or NULL */
-    double **wq, **wk, **wv, **wo, **wg, **wu, **wd, **bq, **bk, **bv, **an, **fn;
+    double **wq, **wk, **wv, **wo, **wg, **wu, **wd, **bq, **bk, **bv, **an, **fn, **qn, **kn;
 } ref_t;
 
 static double *tensor_f64(const ql_gguf_t *g, const char *name, int64_t *rows, int64_t *cols) {
@@ -169,7 +179,7 @@ static void ref_init(ref_t *r, const model_t *m) {
     r->F = s->n_ff;
     r->V = s->n_vocab;
     r->NL = s->n_layer;
-    r->neox = s->arch == QL_MKMODEL_ARCH_QWEN2;
+    r->neox = s->arch == QL_MKMODEL_ARCH_QWEN2 || s->arch == QL_MKMODEL_ARCH_QWEN3;
     r->base = s->rope_freq_base;
     r->eps = s->rms_eps;
     r->embd = tensor_f64(m->g, "token_embd.weight", NULL, NULL);
@@ -178,23 +188,25 @@ static void ref_init(ref_t *r, const model_t *m) {
     r->out_norm = tensor_f64(m->g, "output_norm.weight", NULL, NULL);
     r->rope_ff = tensor_f64(m->g, "rope_freqs.weight", NULL, NULL);
     assert_true((r->rope_ff != NULL) == (s->rope_scaling_factor != 0.0f));
-    double ***fields[] = {&r->wq, &r->wk, &r->wv, &r->wo, &r->wg, &r->wu,
-                          &r->wd, &r->bq, &r->bk, &r->bv, &r->an, &r->fn};
+    double ***fields[] = {&r->wq, &r->wk, &r->wv, &r->wo, &r->wg, &r->wu, &r->wd,
+                          &r->bq, &r->bk, &r->bv, &r->an, &r->fn, &r->qn, &r->kn};
     const char *names[] = {"attn_q.weight",      "attn_k.weight",    "attn_v.weight",
                            "attn_output.weight", "ffn_gate.weight",  "ffn_up.weight",
                            "ffn_down.weight",    "attn_q.bias",      "attn_k.bias",
-                           "attn_v.bias",        "attn_norm.weight", "ffn_norm.weight"};
+                           "attn_v.bias",        "attn_norm.weight", "ffn_norm.weight",
+                           "attn_q_norm.weight", "attn_k_norm.weight"};
     for (size_t f = 0; f < QL_ARRAY_LEN(fields); f++) {
         *fields[f] = calloc((size_t)r->NL, sizeof(double *));
         for (int l = 0; l < r->NL; l++) (*fields[f])[l] = layer_tensor(m->g, l, names[f]);
     }
     assert_non_null(r->wq[0]);
     assert_true((r->bq[0] != NULL) == (s->arch == QL_MKMODEL_ARCH_QWEN2));
+    assert_true((r->qn[0] != NULL) == (s->arch == QL_MKMODEL_ARCH_QWEN3));
 }
 
 static void ref_free(ref_t *r) {
-    double **fields[] = {r->wq, r->wk, r->wv, r->wo, r->wg, r->wu,
-                         r->wd, r->bq, r->bk, r->bv, r->an, r->fn};
+    double **fields[] = {r->wq, r->wk, r->wv, r->wo, r->wg, r->wu, r->wd,
+                         r->bq, r->bk, r->bv, r->an, r->fn, r->qn, r->kn};
     for (size_t f = 0; f < QL_ARRAY_LEN(fields); f++) {
         for (int l = 0; l < r->NL; l++) free(fields[f][l]);
         free(fields[f]);
@@ -253,6 +265,12 @@ static void ref_forward(const ref_t *r, const int32_t *tok, int n, double *logit
             mv(q + t * QD, r->wq[l], r->bq[l], h, QD, E);
             mv(k + t * KVD, r->wk[l], r->bk[l], h, KVD, E);
             mv(v + t * KVD, r->wv[l], r->bv[l], h, KVD, E);
+            if (r->qn[l]) /* qwen3: RMSNorm each head of q and of k */
+                for (int hh = 0; hh < r->NH; hh++)
+                    rmsnorm_d(q + t * QD + hh * HD, q + t * QD + hh * HD, r->qn[l], HD, r->eps);
+            if (r->kn[l])
+                for (int hh = 0; hh < r->NKV; hh++)
+                    rmsnorm_d(k + t * KVD + hh * HD, k + t * KVD + hh * HD, r->kn[l], HD, r->eps);
             rope_d(r, q + t * QD, (int)r->NH, t);
             rope_d(r, k + t * KVD, (int)r->NKV, t);
             /* the KV cache holds f16 (NOTE(kv-f16) in cpu/forward.c): model that, and only
@@ -439,7 +457,8 @@ static double compare_with_reference(const model_t *m, int n, double tol) {
 
 static void test_matches_dense_reference(void **state) {
     (void)state;
-    const ql_mkmodel_shape_t shapes[] = {shape_llama(), shape_qwen2(), shape_llama3()};
+    const ql_mkmodel_shape_t shapes[] = {shape_llama(), shape_qwen2(), shape_llama3(),
+                                         shape_qwen3()};
     for (size_t k = 0; k < QL_ARRAY_LEN(shapes); k++) {
         model_t m;
         /* NOTE(tol-f32): F32 weights: the matmuls see f32 activations and the reference stores

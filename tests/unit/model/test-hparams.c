@@ -1,7 +1,7 @@
 /*
  * tests/unit/model/test-hparams.c — hyper-parameters and the weights table (model/hparams.c):
  * the default model against independently known numbers, the vocab fixtures, and small
- * llama/qwen2 files built with the GGUF writer, each broken in one way to check the error.
+ * llama/qwen2/qwen3 files built with the GGUF writer, each broken in one way to check the error.
  */
 #include <math.h>
 #include <setjmp.h>
@@ -26,6 +26,7 @@ typedef struct spec_s {
     const char *arch;
     uint32_t n_embd, n_head, n_head_kv, n_layer, n_ff, n_vocab, head_dim;
     int qkv_bias;        /* write attn_{q,k,v}.bias */
+    int qk_norm;         /* write attn_{q,k}_norm.weight (qwen3) */
     int with_output;     /* write output.weight (untied) */
     int rope_freqs;      /* write rope_freqs.weight */
     int f16_norms;       /* norms as f16 (wrong) */
@@ -94,6 +95,10 @@ static ql_gguf_t *build(const spec_t *s) {
             T("attn_q.bias", QL_DTYPE_F32, q, 0);
             T("attn_k.bias", QL_DTYPE_F32, kv, 0);
             T("attn_v.bias", QL_DTYPE_F32, kv, 0);
+        }
+        if (s->qk_norm) {
+            T("attn_q_norm.weight", nt, s->head_dim, 0);
+            T("attn_k_norm.weight", nt, s->head_dim, 0);
         }
         T("ffn_norm.weight", nt, e, 0);
         T("ffn_gate.weight", QL_DTYPE_Q4_1, e, s->n_ff);
@@ -251,6 +256,43 @@ static void test_qwen2_biases(void **state) {
     ql_gguf_free(g);
 }
 
+static void test_qwen3_qk_norm(void **state) {
+    (void)state;
+    spec_t s = tiny("qwen3");
+    s.qk_norm = 1;
+    ql_gguf_t *g = build(&s);
+    ql_hparams_t hp;
+    char err[512];
+    assert_int_equal(ql_hparams_read(g, &hp, err, sizeof(err)), 0);
+    assert_int_equal(hp.arch, QL_ARCH_QWEN3);
+    assert_string_equal(hp.arch_name, "qwen3");
+    assert_int_equal(hp.has_qk_norm, 1);
+    assert_int_equal(hp.has_qkv_bias, 0);
+    assert_int_equal(hp.rope_layout, QL_ROPE_LAYOUT_HALVES);
+    char sum[QL_HPARAMS_SUMMARY_MAX];
+    assert_non_null(strstr(ql_hparams_summary(&hp, sum, sizeof(sum)), "qk_norm=yes"));
+    ql_weights_t w;
+    assert_int_equal(ql_weights_init(g, &hp, &w, err, sizeof(err)), 0);
+    for (uint32_t il = 0; il < 2; il++) {
+        assert_int_equal(w.layers[il].attn_q_norm->ne[0], 16);
+        assert_int_equal(w.layers[il].attn_k_norm->ne[0], 16);
+        assert_null(w.layers[il].attn_q_bias);
+    }
+    ql_weights_free(&w);
+    ql_gguf_free(g);
+    /* a missing or misshapen norm, norms stored f16, norms in a llama file */
+    s.skip = "blk.1.attn_k_norm.weight";
+    expect(&s, QL_EFORMAT, "missing tensor 'blk.1.attn_k_norm.weight' (expected shape [16] = [head_dim])");
+    s.skip = NULL;
+    s.bad = "blk.0.attn_q_norm.weight";
+    expect(&s, QL_EFORMAT, "tensor 'blk.0.attn_q_norm.weight' has shape [16, 2], expected [16] = [head_dim]");
+    s = tiny("qwen3");
+    expect(&s, QL_EFORMAT, "missing tensor 'blk.0.attn_q_norm.weight'");
+    s = tiny("llama");
+    s.qk_norm = 1;
+    expect(&s, QL_EUNSUPPORTED, "tensor 'blk.0.attn_q_norm.weight' is not used by quill's llama forward pass");
+}
+
 /* ---- broken files ---- */
 
 static void test_weights_errors(void **state) {
@@ -321,7 +363,7 @@ static void test_hparams_errors(void **state) {
     (void)state;
     spec_t s = tiny("llama");
     s.keys = keys_gpt2;
-    expect(&s, QL_EUNSUPPORTED, "unsupported architecture 'gpt2' (supported: llama, qwen2)");
+    expect(&s, QL_EUNSUPPORTED, "unsupported architecture 'gpt2' (supported: llama, qwen2, qwen3)");
     s.keys = keys_arch_u32;
     expect(&s, QL_EFORMAT, "key 'general.architecture' has type u32, expected string");
     s.keys = keys_no_blocks;
@@ -501,6 +543,7 @@ int main(void) {
         cmocka_unit_test(test_llama_tiny),
         cmocka_unit_test(test_llama_untied_keylen_yarn_rope_freqs),
         cmocka_unit_test(test_qwen2_biases),
+        cmocka_unit_test(test_qwen3_qk_norm),
         cmocka_unit_test(test_weights_errors),
         cmocka_unit_test(test_hparams_errors),
         cmocka_unit_test(test_missing_keys),

@@ -134,7 +134,7 @@ static void test_shape_fields(void **state) {
     expect_err(ql_mkmodel_shape_set_num(&s, "rms_eps", NAN, g_err, sizeof(g_err)), QL_EINVAL, "'rms_eps'", NULL);
     expect_err(ql_mkmodel_shape_set_num(&s, "tied", 1, g_err, sizeof(g_err)), QL_EINVAL, "'tied'", "true or false");
     expect_err(ql_mkmodel_shape_set_str(&s, "n_embd", "64", g_err, sizeof(g_err)), QL_EINVAL, "'n_embd'", "integer");
-    expect_err(ql_mkmodel_shape_set_str(&s, "arch", "gpt2", g_err, sizeof(g_err)), QL_EINVAL, "'arch'", "llama, qwen2");
+    expect_err(ql_mkmodel_shape_set_str(&s, "arch", "gpt2", g_err, sizeof(g_err)), QL_EINVAL, "'arch'", "llama, qwen2, qwen3");
     expect_err(ql_mkmodel_shape_set_bool(&s, "arch", 1, g_err, sizeof(g_err)), QL_EINVAL, "'arch'", NULL);
     expect_err(ql_mkmodel_shape_set_str(&s, "name", "", g_err, sizeof(g_err)), QL_EINVAL, "'name'", NULL);
     assert_int_equal(s.n_layer, 3); /* refused values change nothing */
