@@ -192,7 +192,21 @@ typedef struct ql_rope_params_s {
     float freq_base;           /* θ base, e.g. 10000 */
     float freq_scale;          /* linear scaling: positions are multiplied by it (1 = none) */
     const float *freq_factors; /* [n_rot/2] or NULL: θ_i is divided by it (llama3 scaling) */
+    /* NOTE(yarn): YaRN (ext_factor 1) blends, per pair i, the scaled angle freq_scale·θ_i with
+     * the unscaled θ_i by a ramp that is 1 (all unscaled) for i <= corr_dims[0] and 0 for
+     * i >= corr_dims[1], and multiplies cos and sin by mscale·(1 + 0.1·ln(1/freq_scale)).
+     * ext_factor 0 (none, linear, llama3): the scaled angle alone, times mscale. A zeroed
+     * mscale means 1. ql_rope_yarn_corr_dims() gives corr_dims as ggml forms them. */
+    float ext_factor;
+    float mscale;
+    float corr_dims[2];
 } ql_rope_params_t;
+
+/** corr_dims for YaRN: the pair indices where the ramp starts (beta_fast rotations over the
+ *  original context) and ends (beta_slow), floor/ceil of n_rot·ln(n_ctx_orig / (2π·β)) /
+ *  (2·ln base), clamped to [0, n_rot − 1], in f32 as ggml computes them. */
+QL_API void ql_rope_yarn_corr_dims(int n_rot, int n_ctx_orig, float freq_base, float beta_fast,
+                                   float beta_slow, float dims[2]);
 
 /** Fills cs[2·i], cs[2·i+1] = cos, sin of the angle of pair i at position pos, i < n_rot/2.
  *  NOTE(rope-theta): θ_i = pos·base^(−2i/n_rot) is formed like ggml does, by repeated f32

@@ -474,11 +474,6 @@ int ql_cpu_backend_init(const ql_gguf_t *g, const ql_backend_params_t *p, ql_bac
     rc = ql_weights_init(g, &be->hp, &be->wt, err, errlen);
     if (rc) goto fail;
     const ql_hparams_t *hp = &be->hp;
-    if (hp->rope_scaling == QL_ROPE_SCALING_YARN) {
-        ql_errf(err, errlen, "YaRN RoPE scaling is not supported by the CPU backend");
-        rc = QL_EUNSUPPORTED;
-        goto fail;
-    }
     if (hp->n_head % hp->n_head_kv || hp->n_head / hp->n_head_kv > QL__CPU_ATTN_GROUP_MAX ||
         hp->head_dim % 2) {
         ql_errf(err, errlen, "attention shape (%u heads, %u KV heads, head_dim %u) not supported",
@@ -515,11 +510,19 @@ int ql_cpu_backend_init(const ql_gguf_t *g, const ql_backend_params_t *p, ql_bac
         .mode = hp->rope_layout == QL_ROPE_LAYOUT_HALVES ? QL_ROPE_MODE_NEOX : QL_ROPE_MODE_NORM,
         .n_rot = (int)hp->head_dim,
         .freq_base = hp->rope_freq_base,
-        .freq_scale = hp->rope_scaling == QL_ROPE_SCALING_LINEAR && hp->rope_scaling_factor > 0
+        .freq_scale = (hp->rope_scaling == QL_ROPE_SCALING_LINEAR ||
+                       hp->rope_scaling == QL_ROPE_SCALING_YARN) &&
+                              hp->rope_scaling_factor > 0
                           ? 1.0f / hp->rope_scaling_factor
                           : 1.0f,
         .freq_factors = f32_data(be->wt.rope_freqs),
+        /* NOTE(yarn) in cpu/cpu.h; llama.cpp's defaults: ext_factor 1, beta_fast 32, beta_slow 1 */
+        .ext_factor = hp->rope_scaling == QL_ROPE_SCALING_YARN ? 1.0f : 0.0f,
+        .mscale = hp->rope_attn_factor,
     };
+    if (hp->rope_scaling == QL_ROPE_SCALING_YARN)
+        ql_rope_yarn_corr_dims((int)hp->head_dim, (int)hp->rope_scaling_orig_ctx, hp->rope_freq_base,
+                               32.0f, 1.0f, be->rope.corr_dims);
     if (be->n_embd % QL_CPU_QK || be->q_dim % QL_CPU_QK || be->n_ff % QL_CPU_QK) {
         ql_errf(err, errlen, "widths (n_embd %lld, q_dim %lld, n_ff %lld) must be multiples of 32",
                 (long long)be->n_embd, (long long)be->q_dim, (long long)be->n_ff);

@@ -35,14 +35,34 @@ void ql_cpu_rmsnorm(float *out, const float *x, const float *w, int64_t n_tok, i
 
 /* ---- RoPE ---- */
 
+void ql_rope_yarn_corr_dims(int n_rot, int n_ctx_orig, float freq_base, float beta_fast,
+                            float beta_slow, float dims[2]) {
+    const float pi2 = 2.0f * 3.14159265358979323846f;
+    const float start = floorf((float)n_rot * logf((float)n_ctx_orig / (beta_fast * pi2)) /
+                               (2.0f * logf(freq_base)));
+    const float end = ceilf((float)n_rot * logf((float)n_ctx_orig / (beta_slow * pi2)) /
+                            (2.0f * logf(freq_base)));
+    dims[0] = start > 0.0f ? start : 0.0f;
+    dims[1] = end < (float)(n_rot - 1) ? end : (float)(n_rot - 1);
+}
+
 void ql_cpu_rope_cache(const ql_rope_params_t *p, int32_t pos, float *cs) {
     const float theta_scale = powf(p->freq_base, -2.0f / (float)p->n_rot);
+    float mscale = p->mscale != 0.0f ? p->mscale : 1.0f;
+    if (p->ext_factor != 0.0f) mscale *= 1.0f + 0.1f * logf(1.0f / p->freq_scale);
+    const float lo = p->corr_dims[0], span = fmaxf(0.001f, p->corr_dims[1] - p->corr_dims[0]);
     float theta = (float)pos;
     for (int i = 0; i < p->n_rot / 2; i++) {
         const float ff = p->freq_factors ? p->freq_factors[i] : 1.0f;
-        const float th = p->freq_scale * (theta / ff);
-        cs[2 * i] = cosf(th);
-        cs[2 * i + 1] = sinf(th);
+        const float extrap = theta / ff, interp = p->freq_scale * extrap;
+        float th = interp;
+        if (p->ext_factor != 0.0f) { /* NOTE(yarn) */
+            const float y = ((float)i - lo) / span;
+            const float ramp = (1.0f - fminf(1.0f, fmaxf(0.0f, y))) * p->ext_factor;
+            th = interp * (1.0f - ramp) + extrap * ramp;
+        }
+        cs[2 * i] = cosf(th) * mscale;
+        cs[2 * i + 1] = sinf(th) * mscale;
         theta *= theta_scale;
     }
 }

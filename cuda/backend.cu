@@ -812,8 +812,8 @@ extern "C" int ql_cuda_backend_init(const ql_gguf_t *g, const ql_backend_params_
     if (rc) goto fail;
     {
         const ql_hparams_t *hp = &be->hp;
-        if (hp->rope_scaling == QL_ROPE_SCALING_YARN) {
-            ql_errf(err, errlen, "YaRN RoPE scaling is not supported by the CUDA backend");
+        if (hp->rope_scaling == QL_ROPE_SCALING_YARN || hp->rope_attn_factor != 1.0f) {
+            ql_errf(err, errlen, "YaRN RoPE scaling and rope attn_factor are not supported by the CUDA backend");
             rc = QL_EUNSUPPORTED;
             goto fail;
         }

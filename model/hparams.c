@@ -193,6 +193,8 @@ static int read_rope(const reader_t *r, ql_hparams_t *hp) {
     if ((rc = key_f32(r, "rope.scaling.factor", 0, 1.0f, 0.0f, 1e6f, &hp->rope_scaling_factor, &have_factor)))
         return rc;
     if ((rc = key_f32(r, "rope.scale_linear", 0, 1.0f, 0.0f, 1e6f, &legacy, &have_legacy))) return rc;
+    if ((rc = key_f32(r, "rope.scaling.attn_factor", 0, 1.0f, 0.0f, 1e6f, &hp->rope_attn_factor, NULL)))
+        return rc;
     if ((rc = key_u32(r, "rope.scaling.original_context_length", 0, 0, 1, MAX_CTX, &hp->rope_scaling_orig_ctx,
                       NULL)))
         return rc;
@@ -316,12 +318,13 @@ char *ql_hparams_summary(const ql_hparams_t *hp, char *buf, size_t n) {
     static const char *const k_scaling[] = {"none", "linear", "yarn"};
     snprintf(buf, n,
              "%s n_embd=%u n_layer=%u n_head=%u n_head_kv=%u head_dim=%u n_ff=%u n_vocab=%u n_ctx_train=%u "
-             "rope_base=%g rope_scaling=%s factor=%g orig_ctx=%u rope_freqs=%s rope_layout=%s rms_eps=%g "
+             "rope_base=%g rope_scaling=%s factor=%g orig_ctx=%u attn_factor=%g rope_freqs=%s rope_layout=%s rms_eps=%g "
              "tied_embeddings=%s qkv_bias=%s qk_norm=%s",
              hp->arch_name ? hp->arch_name : "?", hp->n_embd, hp->n_layer, hp->n_head, hp->n_head_kv, hp->head_dim,
              hp->n_ff, hp->n_vocab, hp->n_ctx_train, (double)hp->rope_freq_base,
              (unsigned)hp->rope_scaling < QL_ARRAY_LEN(k_scaling) ? k_scaling[hp->rope_scaling] : "?",
-             (double)hp->rope_scaling_factor, hp->rope_scaling_orig_ctx, hp->has_rope_freqs ? "yes" : "no",
+             (double)hp->rope_scaling_factor, hp->rope_scaling_orig_ctx, (double)hp->rope_attn_factor,
+             hp->has_rope_freqs ? "yes" : "no",
              hp->rope_layout == QL_ROPE_LAYOUT_HALVES ? "halves" : "adjacent", (double)hp->rms_eps,
              hp->tied_embeddings ? "yes" : "no", hp->has_qkv_bias ? "yes" : "no",
              hp->has_qk_norm ? "yes" : "no");

@@ -58,6 +58,8 @@ typedef struct ql_hparams_s {
     ql_rope_scaling_t rope_scaling;
     float rope_scaling_factor;    /* 1 when none */
     uint32_t rope_scaling_orig_ctx; /* original context length (yarn); 0 when absent */
+    float rope_attn_factor;       /* <arch>.rope.scaling.attn_factor: cos and sin are multiplied
+                                     by it (llama.cpp's rope attn_factor); 1 when absent */
     int has_rope_freqs;           /* Llama 3.1: a `rope_freqs.weight` [head_dim/2] tensor of
                                      per-frequency divisors */
     float rms_eps;                /* RMSNorm epsilon */

@@ -98,12 +98,13 @@ static const field_t k_fields[] = {
     {"rope_scaling_low_freq_factor", F_OFF(rope_scaling_low_freq_factor), 'f', 0, 1e6},
     {"rope_scaling_high_freq_factor", F_OFF(rope_scaling_high_freq_factor), 'f', 0, 1e6},
     {"rope_scaling_orig_ctx", F_OFF(rope_scaling_orig_ctx), 'i', 0, 4294967295.0},
+    {"rope_scaling_yarn", F_OFF(rope_scaling_yarn), 'i', 0, 1},
 };
 
 const char *ql_mkmodel_shape_fields(void) {
     return "n_layer, n_embd, n_head, n_head_kv, n_ff, n_vocab, n_ctx, rope_freq_base, rms_eps, tied, arch, "
            "name, rope_scaling_factor, rope_scaling_low_freq_factor, rope_scaling_high_freq_factor, "
-           "rope_scaling_orig_ctx";
+           "rope_scaling_orig_ctx, rope_scaling_yarn";
 }
 
 static const field_t *find_field(const char *key, char *err, size_t errlen) {
@@ -207,11 +208,14 @@ int ql_mkmodel_shape_check(const ql_mkmodel_shape_t *shape, ql_dtype_t wtype, ch
     if (s->n_head % s->n_head_kv != 0)
         return set_err(err, errlen, QL_EINVAL, "field 'n_head' (%lld) is not a multiple of n_head_kv (%lld)",
                        (long long)s->n_head, (long long)s->n_head_kv);
+    if (s->rope_scaling_yarn && s->rope_scaling_factor == 0.0f)
+        return set_err(err, errlen, QL_EINVAL, "field 'rope_scaling_yarn' needs rope_scaling_factor >= 1");
     if (s->rope_scaling_factor != 0.0f) {
         if (s->rope_scaling_factor < 1.0f)
             return set_err(err, errlen, QL_EINVAL, "field 'rope_scaling_factor' is %g: 0 (none) or >= 1",
                            (double)s->rope_scaling_factor);
-        if (!(s->rope_scaling_high_freq_factor > s->rope_scaling_low_freq_factor && s->rope_scaling_low_freq_factor > 0))
+        if (!s->rope_scaling_yarn &&
+            !(s->rope_scaling_high_freq_factor > s->rope_scaling_low_freq_factor && s->rope_scaling_low_freq_factor > 0))
             return set_err(err, errlen, QL_EINVAL,
                            "field 'rope_scaling_high_freq_factor' must exceed rope_scaling_low_freq_factor > 0");
         if (s->rope_scaling_orig_ctx < 1)
@@ -802,6 +806,13 @@ static int add_metadata(ql_mkmodel_t *m, char *err, size_t errlen) {
     if (!rc) rc = ql_gguf_writer_set_u32(w, KEY("attention.head_count"), (uint32_t)s->n_head);
     if (!rc) rc = ql_gguf_writer_set_u32(w, KEY("attention.head_count_kv"), (uint32_t)s->n_head_kv);
     if (!rc) rc = ql_gguf_writer_set_f32(w, KEY("rope.freq_base"), s->rope_freq_base);
+    if (!rc && s->rope_scaling_yarn) { /* as convert writes a YaRN rope_scaling block */
+        rc = ql_gguf_writer_set_str(w, KEY("rope.scaling.type"), "yarn");
+        if (!rc) rc = ql_gguf_writer_set_f32(w, KEY("rope.scaling.factor"), s->rope_scaling_factor);
+        if (!rc)
+            rc = ql_gguf_writer_set_u32(w, KEY("rope.scaling.original_context_length"),
+                                        (uint32_t)s->rope_scaling_orig_ctx);
+    }
     if (!rc) rc = ql_gguf_writer_set_f32(w, KEY("attention.layer_norm_rms_epsilon"), s->rms_eps);
     if (!rc) rc = ql_gguf_writer_set_u32(w, "general.file_type", file_type(m->_p.wtype));
     if (!rc) rc = ql_gguf_writer_set_u32(w, KEY("vocab_size"), (uint32_t)s->n_vocab);
@@ -858,7 +869,7 @@ static int add_tensors(ql_mkmodel_t *m, char *err, size_t errlen) {
     int64_t head_dim = s->n_embd / s->n_head, n_q = s->n_head * head_dim, n_kv = s->n_head_kv * head_dim;
     char name[96];
     int rc;
-    if (s->rope_scaling_factor != 0.0f &&
+    if (s->rope_scaling_factor != 0.0f && !s->rope_scaling_yarn &&
         (rc = add_tensor(m, "rope_freqs.weight", QL_DTYPE_F32, 1, head_dim / 2, 1, GEN_ROPE_FREQS, 0, 0, err, errlen)))
         return rc;
     if ((rc = add_tensor(m, "token_embd.weight", et, 2, s->n_embd, s->n_vocab, GEN_NOISE, 0, WEIGHT_STD, err, errlen)))

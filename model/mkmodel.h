@@ -56,6 +56,9 @@ typedef struct ql_mkmodel_shape_s {
     float rope_scaling_low_freq_factor;
     float rope_scaling_high_freq_factor;
     int64_t rope_scaling_orig_ctx;
+    /* 1: YaRN instead (rope.scaling.type "yarn" with the factor and original context, no
+     * rope_freqs.weight; the freq factors are not used) */
+    int64_t rope_scaling_yarn;
 } ql_mkmodel_shape_t;
 
 /** "tiny, smollm2-135m, llama-3.2-1b, llama-3.1-8b": the named shapes, for messages. */

@@ -104,6 +104,17 @@ static ql_mkmodel_shape_t shape_qwen3(void) {
     return s;
 }
 
+/* qwen3 with YaRN (factor 4 over an original context of 256; base 1e6): the blend's ramp runs
+ * over pairs 0..3 of the 8 in a 16-wide head, pairs 3..7 are all scaled */
+static ql_mkmodel_shape_t shape_qwen3_yarn(void) {
+    ql_mkmodel_shape_t s = shape_qwen3();
+    snprintf(s.name, sizeof(s.name), "test-qwen3-yarn");
+    s.rope_scaling_factor = 4.0f;
+    s.rope_scaling_orig_ctx = 256;
+    s.rope_scaling_yarn = 1;
+    return s;
+}
+
 /* Llama 3 RoPE scaling (a rope_freqs.weight tensor) with an original context short enough
  * that the tiny model's frequencies fall on both sides of the blend. */
 static ql_mkmodel_shape_t shape_llama3(void) {
@@ -138,6 +149,8 @@ typedef struct ref_s {
     int64_t E, QD, KVD, F, V, HD, NH, NKV, NL;
     int neox;
     double base, eps;
+    int yarn;              /* YaRN: angles blended over corr[0..1], cos and sin times mag */
+    double yscale, corr[2], mag;
     double *embd, *out, *out_norm;
     double *rope_ff; /* [HD/2] llama3 frequency divisors, or NULL */
     double **wq, **wk, **wv, **wo, **wg, **wu, **wd, **bq, **bk, **bv, **an, **fn, **qn, **kn;
@@ -182,12 +195,21 @@ static void ref_init(ref_t *r, const model_t *m) {
     r->neox = s->arch == QL_MKMODEL_ARCH_QWEN2 || s->arch == QL_MKMODEL_ARCH_QWEN3;
     r->base = s->rope_freq_base;
     r->eps = s->rms_eps;
+    r->yarn = (int)s->rope_scaling_yarn;
+    r->mag = 1.0;
+    if (r->yarn) { /* YaRN's definition, in double (the paper's and llama.cpp's defaults) */
+        const double beta_fast = 32.0, beta_slow = 1.0, orig = (double)s->rope_scaling_orig_ctx;
+        r->yscale = 1.0 / s->rope_scaling_factor;
+        r->corr[0] = fmax(0.0, floor(r->HD * log(orig / (beta_fast * 2.0 * M_PI)) / (2.0 * log(r->base))));
+        r->corr[1] = fmin(r->HD - 1.0, ceil(r->HD * log(orig / (beta_slow * 2.0 * M_PI)) / (2.0 * log(r->base))));
+        r->mag = 1.0 + 0.1 * log(s->rope_scaling_factor);
+    }
     r->embd = tensor_f64(m->g, "token_embd.weight", NULL, NULL);
     r->out = tensor_f64(m->g, "output.weight", NULL, NULL);
     if (!r->out) r->out = r->embd; /* tied */
     r->out_norm = tensor_f64(m->g, "output_norm.weight", NULL, NULL);
     r->rope_ff = tensor_f64(m->g, "rope_freqs.weight", NULL, NULL);
-    assert_true((r->rope_ff != NULL) == (s->rope_scaling_factor != 0.0f));
+    assert_true((r->rope_ff != NULL) == (s->rope_scaling_factor != 0.0f && !s->rope_scaling_yarn));
     double ***fields[] = {&r->wq, &r->wk, &r->wv, &r->wo, &r->wg, &r->wu, &r->wd,
                           &r->bq, &r->bk, &r->bv, &r->an, &r->fn, &r->qn, &r->kn};
     const char *names[] = {"attn_q.weight",      "attn_k.weight",    "attn_v.weight",
@@ -238,12 +260,17 @@ static void rope_d(const ref_t *r, double *v, int n_heads, int pos) {
     for (int h = 0; h < n_heads; h++) {
         double *x = v + (int64_t)h * r->HD;
         for (int i = 0; i < r->HD / 2; i++) {
-            const double th =
+            double th =
                 pos * pow(r->base, -2.0 * i / (double)r->HD) / (r->rope_ff ? r->rope_ff[i] : 1.0);
+            if (r->yarn) {
+                const double y = (i - r->corr[0]) / fmax(0.001, r->corr[1] - r->corr[0]);
+                const double ramp = 1.0 - fmin(1.0, fmax(0.0, y));
+                th = r->yscale * th * (1.0 - ramp) + th * ramp;
+            }
             const int a = r->neox ? i : 2 * i, b = r->neox ? i + (int)r->HD / 2 : 2 * i + 1;
             const double x0 = x[a], x1 = x[b];
-            x[a] = x0 * cos(th) - x1 * sin(th);
-            x[b] = x0 * sin(th) + x1 * cos(th);
+            x[a] = r->mag * (x0 * cos(th) - x1 * sin(th));
+            x[b] = r->mag * (x0 * sin(th) + x1 * cos(th));
         }
     }
 }
@@ -458,7 +485,7 @@ static double compare_with_reference(const model_t *m, int n, double tol) {
 static void test_matches_dense_reference(void **state) {
     (void)state;
     const ql_mkmodel_shape_t shapes[] = {shape_llama(), shape_qwen2(), shape_llama3(),
-                                         shape_qwen3()};
+                                         shape_qwen3(), shape_qwen3_yarn()};
     for (size_t k = 0; k < QL_ARRAY_LEN(shapes); k++) {
         model_t m;
         /* NOTE(tol-f32): F32 weights: the matmuls see f32 activations and the reference stores

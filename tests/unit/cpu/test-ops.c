@@ -69,10 +69,22 @@ static void test_rmsnorm(void **state) {
 
 /* ---- RoPE ---- */
 
-/* Angle of pair i at pos, in double: pos · scale · base^(−2i/n_rot) / ff[i]. */
+/* Angle of pair i at pos, in double: pos · scale · base^(−2i/n_rot) / ff[i]; with YaRN
+ * (NOTE(yarn) in cpu/cpu.h) blended with the unscaled angle by the ramp over corr_dims. */
 static double angle(const ql_rope_params_t *p, int32_t pos, int i) {
     const double ff = p->freq_factors ? p->freq_factors[i] : 1.0;
-    return (double)pos * p->freq_scale * pow(p->freq_base, -2.0 * i / p->n_rot) / ff;
+    const double extrap = (double)pos * pow(p->freq_base, -2.0 * i / p->n_rot) / ff;
+    const double interp = p->freq_scale * extrap;
+    if (p->ext_factor == 0.0f) return interp;
+    const double y = (i - p->corr_dims[0]) / fmax(0.001, p->corr_dims[1] - p->corr_dims[0]);
+    const double ramp = (1.0 - fmin(1.0, fmax(0.0, y))) * p->ext_factor;
+    return interp * (1.0 - ramp) + extrap * ramp;
+}
+
+/* The factor cos and sin are multiplied by. */
+static double magnitude(const ql_rope_params_t *p) {
+    const double m = p->mscale != 0.0f ? p->mscale : 1.0;
+    return p->ext_factor != 0.0f ? m * (1.0 + 0.1 * log(1.0 / p->freq_scale)) : m;
 }
 
 static void check_rope(const ql_rope_params_t *p, int head_dim, int n_head, const int32_t *pos,
@@ -90,15 +102,16 @@ static void check_rope(const ql_rope_params_t *p, int head_dim, int n_head, cons
             for (int i = 0; i < p->n_rot / 2; i++) {
                 const int a = p->mode == QL_ROPE_MODE_NEOX ? i : 2 * i;
                 const int b = p->mode == QL_ROPE_MODE_NEOX ? i + p->n_rot / 2 : 2 * i + 1;
-                const double th = angle(p, pos[t], i);
-                const double r0 = xh[a] * cos(th) - xh[b] * sin(th),
-                             r1 = xh[a] * sin(th) + xh[b] * cos(th);
+                const double th = angle(p, pos[t], i), g = magnitude(p);
+                const double r0 = g * (xh[a] * cos(th) - xh[b] * sin(th)),
+                             r1 = g * (xh[a] * sin(th) + xh[b] * cos(th));
                 /* NOTE(rope-theta): the angle is pos·s^i by i f32 multiplications after a
                  * powf (<= 1 ulp) and a divide and scale (2u): |Δθ| <= θ·(i + 4)·u. cosf and
                  * sinf add u each, the products and sum 2u·(|x0| + |x1|):
-                 * |Δy| <= (|x0| + |x1|)·(|Δθ| + 4u). */
+                 * |Δy| <= (|x0| + |x1|)·(|Δθ| + 4u). YaRN's blend adds 3u of θ, its
+                 * magnitude (a logf, an add, a multiply) 4u more of the result. */
                 const double m = fabs(xh[a]) + fabs(xh[b]);
-                const double bound = m * (fabs(th) * (i + 4) * U + 4.0 * U) + 1e-30;
+                const double bound = g * m * (fabs(th) * (i + 7) * U + 8.0 * U) + 1e-30;
                 if (fabs(yh[a] - r0) > bound || fabs(yh[b] - r1) > bound)
                     fail_msg("rope mode %d pos %d pair %d: (%g, %g) vs (%g, %g), bound %g", p->mode,
                              pos[t], i, yh[a], yh[b], r0, r1, bound);
@@ -132,7 +145,29 @@ static void test_rope(void **state) {
         ql_rope_params_t partial = {
             .mode = mode, .n_rot = 32, .freq_base = 10000.0f, .freq_scale = 1.0f};
         check_rope(&partial, 48, 2, pos, n_tok); /* rotary on part of the head */
+        /* YaRN, factor 4 over an original context of 4096 (ramp over pairs 10..23), and a
+         * rope attn_factor */
+        ql_rope_params_t y = {.mode = mode, .n_rot = 64, .freq_base = 10000.0f, .freq_scale = 0.25f,
+                              .ext_factor = 1.0f};
+        ql_rope_yarn_corr_dims(64, 4096, 10000.0f, 32.0f, 1.0f, y.corr_dims);
+        check_rope(&y, 64, 2, pos, n_tok);
+        y.mscale = 0.5f;
+        check_rope(&y, 64, 2, pos, n_tok);
     }
+    /* YaRN's correction range, against values worked out by hand from
+     * n_rot·ln(n_ctx_orig / (2π·β)) / (2·ln base): 32 dims, 64 positions, base 1e4:
+     * β 32 → −1.98 → 0, β 1 → 4.03 → 5; 128 dims, 32768 positions, base 1e6 (a Qwen
+     * long-context config): 23.60 → 23, 39.65 → 40; 64 dims, 4096, 1e4: 10.47 → 10,
+     * 22.51 → 23; 16 dims, 2^30, 1e4: 16.47 → 17, clamped to 15 */
+    float cd[2];
+    ql_rope_yarn_corr_dims(32, 64, 10000.0f, 32.0f, 1.0f, cd);
+    assert_true(cd[0] == 0.0f && cd[1] == 5.0f);
+    ql_rope_yarn_corr_dims(128, 32768, 1000000.0f, 32.0f, 1.0f, cd);
+    assert_true(cd[0] == 23.0f && cd[1] == 40.0f);
+    ql_rope_yarn_corr_dims(64, 4096, 10000.0f, 32.0f, 1.0f, cd);
+    assert_true(cd[0] == 10.0f && cd[1] == 23.0f);
+    ql_rope_yarn_corr_dims(16, 1 << 30, 10000.0f, 32.0f, 1.0f, cd);
+    assert_true(cd[1] == 15.0f);
     /* the two layouts are one rotation under a permutation of the head, to the bit */
     const int hd = 64, nh = 2;
     float a[128], b[128], c[128];

@@ -161,6 +161,7 @@ static void test_llama_tiny(void **state) {
     assert_true(hp.rope_freq_base == 10000.0f); /* default */
     assert_int_equal(hp.rope_scaling, QL_ROPE_SCALING_NONE);
     assert_true(hp.rope_scaling_factor == 1.0f);
+    assert_true(hp.rope_attn_factor == 1.0f); /* absent */
     assert_true(hp.rms_eps == 1e-6f);
     assert_int_equal(hp.tied_embeddings, 1);
     assert_int_equal(hp.rope_layout, QL_ROPE_LAYOUT_ADJACENT);
@@ -192,6 +193,7 @@ static void keys_llama31(ql_gguf_writer_t *w) {
     ql_gguf_writer_set_str(w, "llama.rope.scaling.type", "yarn");
     ql_gguf_writer_set_f32(w, "llama.rope.scaling.factor", 8.0f);
     ql_gguf_writer_set_u32(w, "llama.rope.scaling.original_context_length", 8192);
+    ql_gguf_writer_set_f32(w, "llama.rope.scaling.attn_factor", 0.75f);
     ql_gguf_writer_set_u32(w, "llama.vocab_size", 40);
 }
 
@@ -211,6 +213,7 @@ static void test_llama_untied_keylen_yarn_rope_freqs(void **state) {
     assert_int_equal(hp.rope_scaling, QL_ROPE_SCALING_YARN);
     assert_true(hp.rope_scaling_factor == 8.0f);
     assert_int_equal(hp.rope_scaling_orig_ctx, 8192);
+    assert_true(hp.rope_attn_factor == 0.75f);
     assert_int_equal(hp.tied_embeddings, 0);
     assert_int_equal(hp.has_rope_freqs, 1);
     ql_weights_t w;
