@@ -118,7 +118,9 @@ typedef struct ql_backend_sampling_s {
     const int32_t *top_k;     /* 0 = off */
     const float *top_p;       /* 1 = off */
     const float *min_p;       /* 0 = off */
-    const uint64_t *seed;     /* per-row generator state, advanced by the call */
+    const uint64_t *seed;     /* per-row generator seed of this call's draw; not written back:
+                                 a caller sampling again passes a new value (e.g. the next state
+                                 of its own generator), or the draw repeats */
 } ql_backend_sampling_t;
 
 typedef struct ql_backend_s ql_backend_t;

@@ -443,8 +443,18 @@ static int run_step(cuda_backend_t *be, const ql_batch_t *b) {
     step_shape_t sh;
     int rc = maybe_trap(be);
     if (rc == 0) rc = prepare_step(be, b, &sh);
-    if (rc) return rc;
-    return launch_step(be, &sh);
+    if (rc) return rc; /* QL_EINVAL from here means nothing was queued */
+    rc = launch_step(be, &sh);
+    if (rc != 0 && rc != QL_ECUDA) {
+        /* NOTE(launch-refused): a kernel wrapper or gemm() refusing its arguments after
+         * prepare_step accepted the batch is a bug, and part of the step (the step record's
+         * copy from pinned memory, some kernels) may already be queued: let it drain before
+         * anything reuses those buffers, and fault the backend. */
+        QL_LOG_ERROR("step launch refused its own arguments (%s)", ql_strerror(rc));
+        (void)wait_stream(be);
+        return QL_EINTERNAL;
+    }
+    return rc;
 }
 
 static int cuda_forward(ql_backend_t *base, const ql_batch_t *b, float *logits) {

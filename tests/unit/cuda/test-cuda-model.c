@@ -89,6 +89,19 @@ static void shape_qwen2(ql_mkmodel_shape_t *s) {
     s->n_vocab = 400, s->n_ctx = N_CTX, s->tied = 0, s->rope_freq_base = 1000000.0f;
 }
 
+/* Llama-3.1-8B's attention and RoPE on 2 small layers: head_dim 128, 4 query heads per KV
+ * head, Llama 3 frequency factors (a rope_freqs tensor), an untied output over a vocabulary
+ * past 16 bits. */
+static void shape_llama31(ql_mkmodel_shape_t *s) {
+    ql_mkmodel_shape_blank(s);
+    snprintf(s->name, sizeof(s->name), "cuda-test-llama31");
+    s->arch = QL_MKMODEL_ARCH_LLAMA;
+    s->n_layer = 2, s->n_embd = 1024, s->n_head = 8, s->n_head_kv = 2, s->n_ff = 2048;
+    s->n_vocab = 70000, s->n_ctx = N_CTX, s->tied = 0, s->rope_freq_base = 500000.0f;
+    s->rope_scaling_factor = 8.0f, s->rope_scaling_low_freq_factor = 1.0f;
+    s->rope_scaling_high_freq_factor = 4.0f, s->rope_scaling_orig_ctx = 8192;
+}
+
 static void model_make(const ql_mkmodel_shape_t *shape, uint64_t seed, model_t *m) {
     memset(m, 0, sizeof(*m));
     const char *dir = getenv("TMPDIR");
@@ -377,6 +390,14 @@ static void test_parity_qwen2(void **state) {
     run_parity(&s, 1);
 }
 
+static void test_parity_llama31(void **state) {
+    (void)state;
+    SKIP_WITHOUT_DEVICE();
+    ql_mkmodel_shape_t s;
+    shape_llama31(&s);
+    run_parity(&s, 3);
+}
+
 #define GREEDY_SEQS 4
 #define GREEDY_STEPS 300
 
@@ -627,6 +648,7 @@ int main(void) {
     ql_log_set_level(QL_LOG_LEVEL_WARN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parity_llama),     cmocka_unit_test(test_parity_qwen2),
+        cmocka_unit_test(test_parity_llama31),
         cmocka_unit_test(test_greedy_identical), cmocka_unit_test(test_graph_vs_eager),
         cmocka_unit_test(test_sample_and_copy),  cmocka_unit_test(test_errors_and_sizing),
     };
