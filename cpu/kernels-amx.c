@@ -36,6 +36,7 @@
 
 #define AROWS 16        /* rows per panel = tokens per group = C tile rows */
 #define ATOKEN_CHUNK 64 /* tokens whose activations stay in cache while panels stream by */
+#define AMX_STACK_BLOCKS 128 /* 64 KiB of split panel on the stack */
 
 /* Tile registers (literal numbers: the intrinsics paste them into the instruction): block j
  * of a group goes to C(j mod 4) from A/B(j mod 2), NOTE(amx-pipe). */
@@ -186,10 +187,15 @@ AATTR void ql__cpu_mm_panels_amx(const ql__cpu_mm_args_t *a) {
     const int64_t n_in = w->n_in, nb = n_in / QL_CPU_QK;
     const int p4 = w->_pack == QL_CPU_PACK_P4, has_min = ql__cpu_type_has_min(kt);
     const int corr = ql__cpu_type_offset(kt); /* s8 × s8: no +128 bias for P8S */
-    uint8_t *bscr = NULL;
-    if (p4 && posix_memalign((void **)&bscr, 64, (size_t)nb * 512) != 0) {
-        ql__cpu_mm_panels_avx512vnni(a); /* no scratch: the same bits, without tiles */
-        return;
+    /* the split panel: on the stack up to AMX_STACK_BLOCKS blocks (n_in 4096), else the heap */
+    _Alignas(64) uint8_t stack_scr[AMX_STACK_BLOCKS * 512];
+    uint8_t *bscr = stack_scr, *heap = NULL;
+    if (p4 && nb > AMX_STACK_BLOCKS) {
+        if (posix_memalign((void **)&heap, 64, (size_t)nb * 512) != 0) {
+            ql__cpu_mm_panels_avx512vnni(a); /* no scratch: the same bits, without tiles */
+            return;
+        }
+        bscr = heap;
     }
     amx_config();
     for (int64_t tc = 0; tc < n16; tc += ATOKEN_CHUNK) {
@@ -217,7 +223,7 @@ AATTR void ql__cpu_mm_panels_amx(const ql__cpu_mm_args_t *a) {
         }
     }
     _tile_release();
-    free(bscr);
+    free(heap);
     if (n16 == x->n_tok) return;
     /* the tail: a view of the last tokens for the VNNI kernel */
     ql_cpu_act_t tail = *x;

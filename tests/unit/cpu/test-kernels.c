@@ -388,6 +388,9 @@ static void test_matmul_types(void **state) {
                     check_matmul_case(&c, seed++);
                 }
     }
+    /* rows longer than the AMX kernel's stack scratch (128 blocks): its heap path, 4-bit types */
+    const mm_case_t wide[] = {{QL_DTYPE_Q4_0, 4160, 17, 20}, {QL_DTYPE_Q4_1, 4160, 9, 33}};
+    for (size_t i = 0; i < QL_ARRAY_LEN(wide); i++) check_matmul_case(&wide[i], seed++);
     print_message("matmul: largest |error| / bound = %.3f\n", max_err_seen);
 }
 
