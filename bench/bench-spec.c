@@ -6,6 +6,10 @@
  *   bench-spec [--model M] [--threads N] [--concurrency 1,4,16,64] [--methods LIST]
  *              [--task rewrite|open] [--output-len 64] [--reps 2] [--k 4] [--layers 8]
  *              [--max-batched-tokens 512] [--json PATH]
+ *   bench-spec --print-prompts [--task rewrite|open]
+ *
+ * --print-prompts writes the task's four prompt texts, one JSON string per line, and exits:
+ * bench/peers/spec-llama.sh sends exactly these to llama-server.
  *
  * Methods (comma-separated): none; ngram; layerskip; draft (the model drafting for itself: the
  * mechanics and their overhead, every greedy draft accepted); a "-fixed" suffix (ngram-fixed,
@@ -56,6 +60,7 @@ typedef struct opts_s {
     int conc[MAX_LIST], n_conc;
     method_t methods[MAX_LIST];
     int n_methods;
+    int print_prompts;
 } opts_t;
 
 /* ---- requests ---- */
@@ -105,8 +110,8 @@ static const char *const k_open[] = {
     "Describe a busy market in a coastal town early in the morning.",
 };
 
-static int make_prompt(const ql_tok_t *tok, const char *task, int i, int32_t *ids, int cap) {
-    char text[2048];
+/* Request i's prompt text for the task. */
+static void prompt_text(const char *task, int i, char *text, size_t size) {
     if (strcmp(task, "rewrite") == 0) {
         const char *p = k_rewrite[i % 4];
         /* the answer's start: the paragraph's first words, so the model goes on copying */
@@ -114,13 +119,18 @@ static int make_prompt(const ql_tok_t *tok, const char *task, int i, int32_t *id
         snprintf(start, sizeof start, "%.40s", p);
         char *sp = strrchr(start, ' ');
         if (sp) *sp = '\0';
-        snprintf(text, sizeof text,
+        snprintf(text, size,
                  "Request %d. Rewrite the following text, correcting any mistakes and keeping "
                  "everything else the same.\n\nText: %s\n\nRewritten text: %s",
                  i, p, start);
     } else {
-        snprintf(text, sizeof text, "Request %d. %s\n\n", i, k_open[i % 4]);
+        snprintf(text, size, "Request %d. %s\n\n", i, k_open[i % 4]);
     }
+}
+
+static int make_prompt(const ql_tok_t *tok, const char *task, int i, int32_t *ids, int cap) {
+    char text[2048];
+    prompt_text(task, i, text, sizeof text);
     size_t n = 0;
     if (ql_tok_encode(tok, text, strlen(text), QL_TOK_ADD_SPECIAL, ids, (size_t)cap, &n) != 0)
         return -1;
@@ -279,6 +289,8 @@ static int parse_opts(int argc, char **argv, opts_t *o) {
                    (strcmp(v, "rewrite") == 0 || strcmp(v, "open") == 0)) {
             o->task = v;
             i++;
+        } else if (strcmp(a, "--print-prompts") == 0) {
+            o->print_prompts = 1;
         } else if (strcmp(a, "--methods") == 0 && v) {
             if (parse_methods(v, o) != 0) return -1;
             i++;
@@ -322,8 +334,23 @@ int main(int argc, char **argv) {
                         "                  [--methods none,ngram,layerskip,draft-fixed,...]\n"
                         "                  [--task rewrite|open] [--output-len N] [--reps N]\n"
                         "                  [--k N] [--layers L] [--max-batched-tokens N]\n"
-                        "                  [--json PATH]\n");
+                        "                  [--json PATH]\n"
+                        "       bench-spec --print-prompts [--task rewrite|open]\n");
         return 2;
+    }
+    if (o.print_prompts) { /* the texts as JSON strings (printable ASCII and newlines) */
+        for (int i = 0; i < 4; i++) {
+            char text[2048];
+            prompt_text(o.task, i, text, sizeof text);
+            putchar('"');
+            for (const char *c = text; *c; c++) {
+                if (*c == '\n') fputs("\\n", stdout);
+                else if (*c == '"' || *c == '\\') printf("\\%c", *c);
+                else putchar(*c);
+            }
+            puts("\"");
+        }
+        return 0;
     }
     ql_log_set_level(QL_LOG_LEVEL_WARN);
     char err[256];
