@@ -98,7 +98,7 @@ static const field_t k_fields[] = {
     {"rope_scaling_low_freq_factor", F_OFF(rope_scaling_low_freq_factor), 'f', 0, 1e6},
     {"rope_scaling_high_freq_factor", F_OFF(rope_scaling_high_freq_factor), 'f', 0, 1e6},
     {"rope_scaling_orig_ctx", F_OFF(rope_scaling_orig_ctx), 'i', 0, 4294967295.0},
-    {"rope_scaling_yarn", F_OFF(rope_scaling_yarn), 'i', 0, 1},
+    {"rope_scaling_yarn", F_OFF(rope_scaling_yarn), 'b', 0, 1},
 };
 
 const char *ql_mkmodel_shape_fields(void) {
@@ -168,7 +168,7 @@ int ql_mkmodel_shape_set_bool(ql_mkmodel_shape_t *s, const char *key, int v, cha
     if (!f) return QL_ENOENT;
     if (f->kind != 'b')
         return set_err(err, errlen, QL_EINVAL, "field '%s' must be %s, not a bool", key, kind_text(f->kind));
-    s->tied = v ? 1 : 0;
+    *(int *)((char *)s + f->offset) = v ? 1 : 0; /* every 'b' field is an int */
     return 0;
 }
 

@@ -58,7 +58,7 @@ typedef struct ql_mkmodel_shape_s {
     int64_t rope_scaling_orig_ctx;
     /* 1: YaRN instead (rope.scaling.type "yarn" with the factor and original context, no
      * rope_freqs.weight; the freq factors are not used) */
-    int64_t rope_scaling_yarn;
+    int rope_scaling_yarn;
 } ql_mkmodel_shape_t;
 
 /** "tiny, smollm2-135m, llama-3.2-1b, llama-3.1-8b": the named shapes, for messages. */

@@ -195,7 +195,7 @@ static void ref_init(ref_t *r, const model_t *m) {
     r->neox = s->arch == QL_MKMODEL_ARCH_QWEN2 || s->arch == QL_MKMODEL_ARCH_QWEN3;
     r->base = s->rope_freq_base;
     r->eps = s->rms_eps;
-    r->yarn = (int)s->rope_scaling_yarn;
+    r->yarn = s->rope_scaling_yarn;
     r->mag = 1.0;
     if (r->yarn) { /* YaRN's definition, in double (the paper's and llama.cpp's defaults) */
         const double beta_fast = 32.0, beta_slow = 1.0, orig = (double)s->rope_scaling_orig_ctx;

@@ -121,6 +121,13 @@ static void test_shape_fields(void **state) {
     assert_true(s.rope_freq_base == 1e6f);
     assert_int_equal(ql_mkmodel_shape_set_bool(&s, "tied", 0, g_err, sizeof(g_err)), 0);
     assert_int_equal(s.tied, 0);
+    /* each bool field is its own (YaRN without a factor is refused by the check) */
+    assert_int_equal(ql_mkmodel_shape_set_bool(&s, "rope_scaling_yarn", 1, g_err, sizeof(g_err)), 0);
+    assert_int_equal(s.rope_scaling_yarn, 1);
+    assert_int_equal(s.tied, 0);
+    expect_err(ql_mkmodel_shape_check(&s, QL_DTYPE_F16, g_err, sizeof(g_err)), QL_EINVAL, "'rope_scaling_yarn'",
+               "rope_scaling_factor");
+    assert_int_equal(ql_mkmodel_shape_set_bool(&s, "rope_scaling_yarn", 0, g_err, sizeof(g_err)), 0);
     assert_int_equal(ql_mkmodel_shape_set_str(&s, "arch", "qwen2", g_err, sizeof(g_err)), 0);
     assert_int_equal(s.arch, QL_MKMODEL_ARCH_QWEN2);
     assert_int_equal(ql_mkmodel_shape_set_str(&s, "name", "mine", g_err, sizeof(g_err)), 0);
