@@ -130,10 +130,9 @@ fi
 export PATH="$PATH:/usr/local/cuda/bin"
 : >"$OUT/build.log"
 BUILT=0
-# only what the steps below run: the CUDA tests, quill, the two benchmarks (the whole tree
-# would spend the device's minutes compiling CPU tests nobody runs here)
-TARGETS=(quill bench-gpu bench-cuda-kernels test-cuda test-cuda-kernels test-cuda-convert
-    test-cuda-step test-cuda-model test-cuda-fault)
+# only what the steps below run: the CUDA tests (tests/CMakeLists.txt's cuda-tests), quill,
+# the two benchmarks (the whole tree would spend the device's minutes compiling CPU tests)
+TARGETS=(quill bench-gpu bench-cuda-kernels cuda-tests)
 if step configure "$OUT/build.log" 60 400 cmake "${CM_ARGS[@]}" &&
     step build "$OUT/build.log" 240 230 cmake --build "$BUILD" -j "$JOBS" --target "${TARGETS[@]}"; then
     BUILT=1
