@@ -82,13 +82,13 @@ AINL void amx_unpack4(const uint8_t *pb, uint8_t *bt) {
     }
 }
 
-/* One 16-row panel (nb blocks) against the 16 tokens starting at g: y[t][0..nvalid). */
-AINL void amx_group(const uint8_t *pb0, const uint8_t *bsrc, int64_t bstride, int64_t nb, int p4,
-                    int corr, int has_min, const ql_cpu_act_t *x, int64_t g, float *y,
-                    int64_t ldy, int nvalid) {
+/* One 16-row panel against the 16 tokens starting at g: y[t][0..nvalid). pb0: the panel, nb
+ * blocks of bbytes (qbytes of quants, then the fp16 d and, with has_min, m); bsrc/bstride:
+ * each block's B tile (the panel itself, or its nibble-split copy). */
+AINL void amx_group(const uint8_t *pb0, int64_t qbytes, int64_t bbytes, const uint8_t *bsrc,
+                    int64_t bstride, int64_t nb, int corr, int has_min, const ql_cpu_act_t *x,
+                    int64_t g, float *y, int64_t ldy, int nvalid) {
     const int64_t n_in = x->n_in;
-    const int64_t qbytes = p4 ? 256 : 512;
-    const int64_t bbytes = qbytes + 32 + (has_min ? 32 : 0);
     const int8_t *qa = x->qs + g * n_in;
     const float *da = x->d + g * nb, *sa = x->s + g * nb;
     const int32_t *suma = x->sum + g * nb;
@@ -186,6 +186,7 @@ AATTR void ql__cpu_mm_panels_amx(const ql__cpu_mm_args_t *a) {
     QL_ASSERT(w->_panel_rows == AROWS);
     const int64_t n_in = w->n_in, nb = n_in / QL_CPU_QK;
     const int p4 = w->_pack == QL_CPU_PACK_P4, has_min = ql__cpu_type_has_min(kt);
+    const int64_t qbytes = p4 ? 256 : 512, bbytes = (int64_t)w->_panel_bytes / nb;
     const int corr = ql__cpu_type_offset(kt); /* s8 × s8: no +128 bias for P8S */
     /* the split panel: on the stack up to AMX_STACK_BLOCKS blocks (n_in 4096), else the heap */
     _Alignas(64) uint8_t stack_scr[AMX_STACK_BLOCKS * 512];
@@ -205,7 +206,7 @@ AATTR void ql__cpu_mm_panels_amx(const ql__cpu_mm_args_t *a) {
             const int64_t row0 = p * AROWS;
             const int nvalid = (int)QL_MIN((int64_t)AROWS, w->n_out - row0);
             const uint8_t *bsrc = pb;
-            int64_t bstride = (p4 ? 256 : 512) + 32 + (has_min ? 32 : 0);
+            int64_t bstride = bbytes;
             /* NOTE(amx-unpack): a tile load waits until the vector stores that wrote its
              * bytes have reached the cache (nothing forwards from the store buffer into a
              * tile). Splitting each P4 block just before its tile load stalled every block
@@ -218,7 +219,7 @@ AATTR void ql__cpu_mm_panels_amx(const ql__cpu_mm_args_t *a) {
                 AMX_MEM_BARRIER();
             }
             for (int64_t g = tc; g < tce; g += AROWS)
-                amx_group(pb, bsrc, bstride, nb, p4, corr, has_min, x, g,
+                amx_group(pb, qbytes, bbytes, bsrc, bstride, nb, corr, has_min, x, g,
                           a->y + g * a->ldy + row0, a->ldy, nvalid);
         }
     }
