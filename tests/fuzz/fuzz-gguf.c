@@ -19,15 +19,9 @@
 #include "model/gguf.h"
 #include "model/hparams.h"
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+#include "fuzz-check.h"
 
-#define CHECK(x)                                                                        \
-    do {                                                                                \
-        if (!(x)) {                                                                     \
-            fprintf(stderr, "fuzz-gguf: %s:%d: check failed: %s\n", __FILE__, __LINE__, #x); \
-            abort();                                                                    \
-        }                                                                               \
-    } while (0)
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 typedef struct span_s {
     const uint8_t *lo, *hi; /* the input: every view must lie in [lo, hi] */

@@ -22,18 +22,12 @@
 #include "core/core.h"
 #include "proto/proto.h"
 
+#include "fuzz-check.h"
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 /* inputs accepted and refused so far (the corpus driver checks it saw both) */
 long fuzz_request_accepted, fuzz_request_refused;
-
-#define CHECK(x)                                                                               \
-    do {                                                                                       \
-        if (!(x)) {                                                                            \
-            fprintf(stderr, "fuzz-request: %s:%d: check failed: %s\n", __FILE__, __LINE__, #x); \
-            abort();                                                                           \
-        }                                                                                      \
-    } while (0)
 
 enum { N_VOCAB = 1000, MAX_MODEL_LEN = 64, MAX_N = 4 };
 
