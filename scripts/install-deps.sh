@@ -22,7 +22,8 @@ llhttp_found() {
 need_llhttp=0
 llhttp_found || need_llhttp=1
 [ ${#missing[@]} -eq 0 ] && [ $need_llhttp -eq 0 ] && exit 0
-wanted="${missing[*]}${missing[*]:+ }$([ $need_llhttp -eq 1 ] && echo 'llhttp (libllhttp-dev or node-llhttp)' || true)"
+wanted="${missing[*]}"
+if [ $need_llhttp -eq 1 ]; then wanted+="${wanted:+ }llhttp (libllhttp-dev or node-llhttp)"; fi
 
 if [ ! -r /etc/debian_version ] || ! command -v apt-get >/dev/null; then
     echo "install-deps: not a Debian/Ubuntu system; install by hand: $wanted" >&2

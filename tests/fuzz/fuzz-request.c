@@ -32,7 +32,8 @@ long fuzz_request_accepted, fuzz_request_refused;
 enum { N_VOCAB = 1000, MAX_MODEL_LEN = 64, MAX_N = 4 };
 
 /* Valid UTF-8, strict (no overlongs, surrogates or code points past U+10FFFF); NUL is valid
- * inside (JSON's \u0000) but then the length, not strlen, is the truth. */
+ * inside (JSON's \u0000) but then the length, not strlen, is the truth. Written here rather
+ * than calling proto's own ql__proto_utf8_valid: the oracle must not share the parser's code. */
 static int utf8_ok(const char *s, size_t n) {
     const unsigned char *p = (const unsigned char *)s;
     for (size_t i = 0; i < n;) {
