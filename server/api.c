@@ -11,10 +11,10 @@
  *      per prompt ("sub"), n choices each; a refusal maps to 400 context_length_exceeded, 400,
  *      503 or 500. A stream's headers (and chat's role deltas) go out at once.
  *   3. events: the engine thread's callback copies each event into its sub's outbox (a byte
- *      buffer of records, under outbox_mu) and wakes the loop with uv_async_send; the loop swaps
- *      the buffers out and turns the records into SSE chunks or accumulates them for the JSON
- *      body. Buffers are swapped, not freed, so a long stream allocates nothing per token once
- *      they have grown.
+ *      buffer of records, under the outbox lock: outbox.h) and wakes the loop with
+ *      uv_async_send; the loop swaps the buffers out, under the same lock, and turns the
+ *      records into SSE chunks or accumulates them for the JSON body. Buffers are swapped, not
+ *      freed, so a long stream allocates nothing per token once they have grown.
  *
  * Lifetime: a request (ql_req_t) is referenced by its connection's exchange, by the prepare work
  * while it runs, and by each sub the engine accepted until that sub's final event is read. A
@@ -52,16 +52,15 @@ typedef struct obuf_s {
 
 /* One prompt's engine request. */
 struct ql_sub_s {
+    ql_outbox_node_t node; /* first: a taken node is its sub */
     ql_req_t *req;
     ql_srv_t *srv;
     int32_t index; /* prompt index */
     uint64_t handle;
     int submitted;  /* a final event will come */
     int final_done; /* its final event was read (loop) */
-    /* written by the engine thread, under srv->outbox_mu */
+    /* written by the engine thread, under the outbox lock */
     obuf_t ob;
-    int ob_linked;
-    ql_sub_t *ob_next;
     int final_kind; /* 0, or QL_ENGINE_EVENT_FINISHED / _ERROR */
     ql_engine_stats_t stats;
     int status;
@@ -657,7 +656,7 @@ static void on_engine_event(const ql_engine_event_t *ev, void *ud) {
     ql_sub_t *sb = ud;
     ql_srv_t *s = sb->srv;
     uint64_t now = ql_time_ns();
-    uv_mutex_lock(&s->outbox_mu);
+    ql_outbox_lock(&s->outbox);
     if (ev->kind == QL_ENGINE_EVENT_OUTPUT) {
         int has_lp = ev->logprobs != NULL;
         size_t sz = rec_size(ev->n_tokens, has_lp, ev->text_len);
@@ -682,16 +681,12 @@ static void on_engine_event(const ql_engine_event_t *ev, void *ud) {
         sb->status = ev->status;
         snprintf(sb->message, sizeof sb->message, "%s", ev->message ? ev->message : "");
     }
-    if (!sb->ob_linked) {
-        sb->ob_linked = 1;
-        sb->ob_next = s->outbox_head;
-        s->outbox_head = sb;
-    }
+    ql_outbox_link_locked(&s->outbox, &sb->node);
     /* NOTE(async-under-lock): woken before unlocking: once the lock is released the loop may
      * read a final event, free the request and, its last one gone, close the async handle;
      * nothing here may touch the server after the unlock */
     uv_async_send(&s->outbox_async);
-    uv_mutex_unlock(&s->outbox_mu);
+    ql_outbox_unlock(&s->outbox);
 }
 
 /* ---- the loop's side: records → output ---- */
@@ -987,50 +982,33 @@ static ql_sub_t *pending_pop(ql_srv_t *s) {
     return sb;
 }
 
+/* Under the outbox lock (NOTE(outbox-links)): what the engine wrote moves to the loop's side. */
+static void take_sub(ql_outbox_node_t *n, void *ud) {
+    ql_srv_t *s = ud;
+    ql_sub_t *sb = (ql_sub_t *)n;
+    if (sb->rd_off == sb->rd.len) { /* all read: swap the buffers */
+        obuf_t t = sb->rd;
+        sb->rd = sb->ob;
+        t.len = 0;
+        sb->ob = t;
+        sb->rd_off = 0;
+    } else if (sb->ob.len) { /* a backlog: append behind it */
+        size_t need = sb->rd.len + sb->ob.len;
+        if (need > sb->rd.cap) {
+            sb->rd.data = ql_xrealloc(sb->rd.data, need);
+            sb->rd.cap = need;
+        }
+        memcpy(sb->rd.data + sb->rd.len, sb->ob.data, sb->ob.len);
+        sb->rd.len = need;
+        sb->ob.len = 0;
+    }
+    sb->rd_final = sb->final_kind;
+    pending_push(s, sb);
+}
+
 void ql__api_outbox_cb(uv_async_t *a) {
     ql_srv_t *s = a->data;
-    uv_mutex_lock(&s->outbox_mu);
-    ql_sub_t *stack = s->outbox_head;
-    s->outbox_head = NULL;
-    /* the outbox is a stack: reverse it so subs are read in the order they spoke */
-    ql_sub_t *fifo = NULL;
-    while (stack) {
-        ql_sub_t *sb = stack;
-        stack = sb->ob_next;
-        if (sb->rd_off == sb->rd.len) { /* all read: swap the buffers */
-            obuf_t t = sb->rd;
-            sb->rd = sb->ob;
-            t.len = 0;
-            sb->ob = t;
-            sb->rd_off = 0;
-        } else if (sb->ob.len) { /* a backlog: append behind it */
-            size_t need = sb->rd.len + sb->ob.len;
-            if (need > sb->rd.cap) {
-                sb->rd.data = ql_xrealloc(sb->rd.data, need);
-                sb->rd.cap = need;
-            }
-            memcpy(sb->rd.data + sb->rd.len, sb->ob.data, sb->ob.len);
-            sb->rd.len = need;
-            sb->ob.len = 0;
-        }
-        sb->rd_final = sb->final_kind;
-        sb->ob_linked = 0;
-        sb->ob_next = fifo;
-        fifo = sb;
-    }
-    uv_mutex_unlock(&s->outbox_mu);
-    /* `fifo` is reversed once more while pushing: oldest first */
-    ql_sub_t *rev = NULL;
-    while (fifo) {
-        ql_sub_t *sb = fifo;
-        fifo = sb->ob_next;
-        sb->ob_next = rev;
-        rev = sb;
-    }
-    for (ql_sub_t *sb = rev, *next; sb; sb = next) {
-        next = sb->ob_next;
-        pending_push(s, sb);
-    }
+    ql_outbox_take(&s->outbox, take_sub, s);
 
     uint64_t t0 = ql_time_ns();
     ql_sub_t *sb;

@@ -113,7 +113,7 @@ int ql_cmd_serve(const ql_config_t *cfg) {
     ql_srv_t *s = ql_xcalloc(1, sizeof *s);
     uv_loop_t loop;
     int code = QL_EXIT_FAIL;
-    if (uv_loop_init(&loop) != 0) {
+    if (ql_outbox_init(&s->outbox) != 0 || uv_loop_init(&loop) != 0) {
         fprintf(stderr, "quill serve: cannot create the event loop\n");
         free(s);
         return QL_EXIT_FAIL;
@@ -127,7 +127,6 @@ int ql_cmd_serve(const ql_config_t *cfg) {
     s->read_buf = ql_xmalloc(QL_READ_BUF_BYTES);
     ql__metrics_init(&s->metrics);
     ql__http_update_date(s);
-    uv_mutex_init(&s->outbox_mu);
     uv_async_init(&loop, &s->outbox_async, ql__api_outbox_cb);
     s->outbox_async.data = s;
     uv_idle_init(&loop, &s->resume_idle);
@@ -172,7 +171,7 @@ done:
     ql__load_free(&s->model);
     int lrc = uv_loop_close(&loop);
     if (lrc != 0) QL_LOG_ERROR("the event loop did not close cleanly: %s", uv_strerror(lrc));
-    uv_mutex_destroy(&s->outbox_mu);
+    ql_outbox_destroy(&s->outbox);
     if (s->n_reqs != 0) QL_LOG_ERROR("%d request(s) still alive at exit", s->n_reqs);
     free(s->served_model);
     free(s->read_buf);

@@ -6,7 +6,7 @@
  *
  * Threads. One libuv loop thread runs everything here except:
  *   - the engine thread (scheduler/engine.h), which only calls api.c's event callback: it copies
- *     the event into its request's outbox under `outbox_mu` and wakes the loop (uv_async_send);
+ *     the event into its request's outbox under the outbox lock and wakes the loop (uv_async_send);
  *   - libuv's worker pool, which runs request preparation (JSON parsing, chat rendering,
  *     tokenization: api.c) and model loading (load.c) so the loop never waits on them.
  * The loop never waits on the engine: it submits, cancels and reads counters, all of which take
@@ -26,6 +26,7 @@
 #include "model/tokenizer.h"
 #include "proto/proto.h"
 #include "scheduler/engine.h"
+#include "server/outbox.h"
 
 typedef struct ql_srv_s ql_srv_t;
 typedef struct ql_conn_s ql_conn_t;
@@ -167,8 +168,7 @@ struct ql_srv_s {
 
     /* engine → loop (api.c) */
     uv_async_t outbox_async;
-    uv_mutex_t outbox_mu;
-    ql_sub_t *outbox_head;                 /* requests with events to read (guarded by outbox_mu) */
+    ql_outbox_t outbox;                    /* subs with events to read (outbox.h) */
     ql_sub_t *pending_head, *pending_tail; /* the loop's: subs with records left to read */
     int n_reqs; /* API requests alive (preparing, in the engine, or detached) */
 
