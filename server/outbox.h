@@ -9,6 +9,8 @@
  * callback moves what it needs onto lists of the loop's own (their own link fields). Reading
  * the taken chain after unlocking lost nodes and, worse, put finished requests' nodes back on
  * the outbox after they were freed (a use after free in `quill serve` under load).
+ * tests/unit/server/test-outbox.c checks the contract with a producer thread; the churn test
+ * in tests/integration/test_load.py failed on every run against the old loop.
  */
 #ifndef QL_SERVER_OUTBOX_H
 #define QL_SERVER_OUTBOX_H
