@@ -17,9 +17,9 @@ N_CLIENTS = 64
 MAX_TOKENS = 32
 
 
-def post(obj):
+def post(obj, path="/v1/completions"):
     body = json.dumps(obj).encode()
-    return (f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    return (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
 
@@ -84,7 +84,7 @@ CHURN_EXCHANGES = 400  # per client
 
 
 def churn_request(r):
-    """One random request: (path, body, stream, choices)."""
+    """One random request: (its bytes, stream, choices)."""
     chat, stream, n = r.random() < 0.5, r.random() < 0.6, r.choice([1, 1, 2])
     obj = {"max_tokens": r.randint(1, 24), "temperature": r.choice([0, 0.8]), "stream": stream,
            "n": n, "ignore_eos": True}
@@ -94,11 +94,7 @@ def churn_request(r):
         obj["prompt"] = f"once upon a time {r.randint(0, 999)}"
         if r.random() < 0.3:
             obj["logprobs"] = 2
-    body = json.dumps(obj).encode()
-    path = "/v1/chat/completions" if chat else "/v1/completions"
-    head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
-    return head + body, stream, n
+    return post(obj, "/v1/chat/completions" if chat else "/v1/completions"), stream, n
 
 
 class Churn(unittest.TestCase):
