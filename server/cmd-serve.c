@@ -113,8 +113,14 @@ int ql_cmd_serve(const ql_config_t *cfg) {
     ql_srv_t *s = ql_xcalloc(1, sizeof *s);
     uv_loop_t loop;
     int code = QL_EXIT_FAIL;
-    if (ql_outbox_init(&s->outbox) != 0 || uv_loop_init(&loop) != 0) {
+    if (ql_outbox_init(&s->outbox) != 0) {
+        fprintf(stderr, "quill serve: cannot create the engine's outbox lock\n");
+        free(s);
+        return QL_EXIT_FAIL;
+    }
+    if (uv_loop_init(&loop) != 0) {
         fprintf(stderr, "quill serve: cannot create the event loop\n");
+        ql_outbox_destroy(&s->outbox);
         free(s);
         return QL_EXIT_FAIL;
     }
