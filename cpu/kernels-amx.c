@@ -19,7 +19,24 @@
  * The VNNI kernel spends 8 vpdpbusd per token and block on the integer sums; here the
  * tile unit does them and the vector units keep only the float steps. Q4_1/Q5_1's min term
  * (an fma of m·s per block, independent of the integer sums) runs as a second pass, so the
- * 16 accumulators of each pass fit in registers.
+ * 16 accumulators of each pass fit in registers (named variables, not an array: GCC kept
+ * an array of 16 accumulators on the stack, a load and a store around every fma).
+ *
+ * NOTE(amx-fma-rate): for about 80 ns after any tile instruction, this core runs 512-bit
+ * fma, mul and int→float conversion at half rate, while integer and float add/sub keep
+ * theirs (scratch measurement: 16 × k independent fmas with one tilezero in the loop cost
+ * 2× for small k and +40 ns for any k ≥ 32; vpaddd, vpandd, vaddps cost nothing extra).
+ * The float steps all run in that window, so they convert isum with an integer add and a
+ * float subtract (amx_i2f: exact, the same bits as vcvtdq2ps) and read each token's block
+ * scales from a transposed copy ([block][token], made once per token chunk) through one
+ * pointer. Splitting the tile work and the float steps into separate phases, so that the
+ * fmas run outside the window, was slower: the two phases then do not overlap at all.
+ *
+ * NOTE(amx-prefetch): the float steps of block b prefetch block b of the next panel into
+ * L2, one panel ahead. The VNNI kernels' fixed QL__CPU_PREFETCH (4 KiB) points inside the
+ * current panel once a panel is longer than that (n_in 1536: 15 KiB), at bytes the nibble
+ * split has already read, so the split waited on DRAM: the split's loop had 19% of this
+ * kernel's samples at batch 32 (bench-forward --tg 16 --batch 32), 13% after.
  *
  * Tokens past the last full group of 16, and f16/f32 weights, go to the VNNI kernel.
  * Linux hands out the tile state only on request (ARCH_REQ_XCOMP_PERM): cpu/features.c
@@ -36,7 +53,11 @@
 
 #define AROWS 16        /* rows per panel = tokens per group = C tile rows */
 #define ATOKEN_CHUNK 64 /* tokens whose activations stay in cache while panels stream by */
-#define AMX_STACK_BLOCKS 128 /* 64 KiB of split panel on the stack */
+#define AGROUPS (ATOKEN_CHUNK / AROWS)
+/* scratch per block: its nibble-split B tile (512 bytes, P4 only) and, per group of the
+ * chunk, its tokens' d, s and sum (3 × 16 × 4 bytes) */
+#define AMX_SCR_PER_BLOCK (512 + AGROUPS * 3 * AROWS * 4)
+#define AMX_STACK_BYTES (96 * 1024) /* on the stack up to n_in 2432, else the heap */
 
 /* Tile registers (literal numbers: the intrinsics paste them into the instruction): block j
  * of a group goes to C(j mod 4) from A/B(j mod 2), NOTE(amx-pipe). */
@@ -82,19 +103,32 @@ AINL void amx_unpack4(const uint8_t *pb, uint8_t *bt) {
     }
 }
 
-/* One 16-row panel against the 16 tokens starting at g: y[t][0..nvalid). pb0: the panel, nb
+/* (float)i for |i| < 2^22, bit for bit, on the ports NOTE(amx-fma-rate) leaves at full rate:
+ * 0x4B400000 is 1.5·2^23, so the integer add lands i in the float's mantissa exactly and the
+ * subtraction removes 1.5·2^23 exactly (|isum| <= 32·128·127 < 2^19 here). */
+AINL __m512 amx_i2f(__m512i i) {
+    const __m512 f = _mm512_castsi512_ps(_mm512_add_epi32(i, _mm512_set1_epi32(0x4B400000)));
+    return _mm512_sub_ps(f, _mm512_set1_ps(12582912.0f));
+}
+
+#define AMX_REP16(X)                                                                               \
+    X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13) X(14) X(15)
+
+/* One 16-row panel against one group of 16 tokens: y[t][0..nvalid). pb0: the panel, nb
  * blocks of bbytes (qbytes of quants, then the fp16 d and, with has_min, m); bsrc/bstride:
- * each block's B tile (the panel itself, or its nibble-split copy). */
+ * each block's B tile (the panel itself, or its nibble-split copy); qa: the group's first
+ * token's quantized activations (row stride n_in); gd, gs, gsum: the group's d, s and sum
+ * transposed, [nb][16]. corr and has_min are constants at each call, so each combination
+ * compiles without the branches. */
 AINL void amx_group(const uint8_t *pb0, int64_t qbytes, int64_t bbytes, const uint8_t *bsrc,
-                    int64_t bstride, int64_t nb, int corr, int has_min, const ql_cpu_act_t *x,
-                    int64_t g, float *y, int64_t ldy, int nvalid) {
-    const int64_t n_in = x->n_in;
-    const int8_t *qa = x->qs + g * n_in;
-    const float *da = x->d + g * nb, *sa = x->s + g * nb;
-    const int32_t *suma = x->sum + g * nb;
+                    int64_t bstride, int64_t nb, const int corr, const int has_min,
+                    const int8_t *qa, int64_t n_in, const float *gd, const float *gs,
+                    const int32_t *gsum, float *y, int64_t ldy, int nvalid) {
     _Alignas(64) int32_t cb[4][AROWS * 16];
-    __m512 facc[AROWS];
-    for (int t = 0; t < AROWS; t++) facc[t] = _mm512_setzero_ps();
+    const int64_t pf_dist = nb * bbytes; /* NOTE(amx-prefetch) */
+#define AMX_DECL(t) __m512 f##t = _mm512_setzero_ps();
+    AMX_REP16(AMX_DECL)
+#undef AMX_DECL
 
 /* C tile k (a literal, as the intrinsics want) := block bb's integer sums, from A/B tiles ab */
 #define AMX_COMPUTE(k, ab, bb)                                                                     \
@@ -110,21 +144,26 @@ AINL void amx_group(const uint8_t *pb0, int64_t qbytes, int64_t bbytes, const ui
         _tile_stored(TC##k, cb[k], 64);                                                            \
         AMX_MEM_BARRIER();                                                                         \
     } while (0)
-
-    /* the float steps of block bb from cb[k] */
+/* token t's float step of the block whose sums are in cbk (NOTE(bitwise)) */
+#define AMX_FSTEP(t)                                                                               \
+    {                                                                                              \
+        __m512i isum = _mm512_load_si512((const void *)(cbk + 16 * (t)));                          \
+        if (corr) isum = _mm512_sub_epi32(isum, _mm512_set1_epi32(corr * gsumb[t]));               \
+        const __m512 scale = _mm512_mul_ps(dv, _mm512_set1_ps(gdb[t]));                            \
+        f##t = _mm512_fmadd_ps(amx_i2f(isum), scale, f##t);                                        \
+    }
+/* the float steps of block bb from cb[k] */
 #define AMX_FLOAT(k, bb)                                                                           \
     do {                                                                                           \
         const uint8_t *pbk = pb0 + (bb) * bbytes;                                                  \
         for (int64_t o = 0; o < bbytes; o += 64)                                                   \
-            _mm_prefetch((const char *)(pbk + QL__CPU_PREFETCH + o), _MM_HINT_T1);                 \
+            _mm_prefetch((const char *)(pbk + pf_dist + o), _MM_HINT_T1);                          \
         const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(pbk + qbytes)));    \
-        _Pragma("GCC unroll 16") for (int t = 0; t < AROWS; t++) {                                 \
-            __m512i isum = _mm512_load_si512((const void *)(cb[k] + 16 * t));                      \
-            if (corr)                                                                              \
-                isum = _mm512_sub_epi32(isum, _mm512_set1_epi32(corr * suma[t * nb + (bb)]));      \
-            const __m512 scale = _mm512_mul_ps(dv, _mm512_set1_ps(da[t * nb + (bb)]));             \
-            facc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, facc[t]);                   \
-        }                                                                                          \
+        const int32_t *cbk = cb[k];                                                                \
+        const float *gdb = gd + (bb) * AROWS;                                                      \
+        const int32_t *gsumb = gsum + (bb) * AROWS;                                                \
+        (void)gsumb;                                                                               \
+        AMX_REP16(AMX_FSTEP)                                                                       \
     } while (0)
 
     /* NOTE(amx-pipe): block j's tiles are C(j mod 4), A/B(j mod 2). A tile store waits for
@@ -151,27 +190,34 @@ AINL void amx_group(const uint8_t *pb0, int64_t qbytes, int64_t bbytes, const ui
     }
 #undef AMX_COMPUTE
 #undef AMX_STORE
+#undef AMX_FSTEP
 #undef AMX_FLOAT
 
-    __m512 macc[AROWS];
-    for (int t = 0; t < AROWS; t++) macc[t] = _mm512_setzero_ps();
+    /* y = acc + macc, as NOTE(bitwise) adds them (macc = +0 without a min term) */
+#define AMX_DECLM(t) __m512 m##t = _mm512_setzero_ps();
+    AMX_REP16(AMX_DECLM)
+#undef AMX_DECLM
     if (has_min) {
         const uint8_t *pbk = pb0 + qbytes + 32;
         for (int64_t bb = 0; bb < nb; bb++, pbk += bbytes) {
             const __m512 mv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)pbk));
-#pragma GCC unroll 16
-            for (int t = 0; t < AROWS; t++)
-                macc[t] = _mm512_fmadd_ps(mv, _mm512_set1_ps(sa[t * nb + bb]), macc[t]);
+            const float *gsb = gs + bb * AROWS;
+#define AMX_MSTEP(t) m##t = _mm512_fmadd_ps(mv, _mm512_set1_ps(gsb[t]), m##t);
+            AMX_REP16(AMX_MSTEP)
+#undef AMX_MSTEP
         }
     }
     const __mmask16 mask = (__mmask16)((1u << nvalid) - 1u);
-    for (int t = 0; t < AROWS; t++) {
-        const __m512 o = _mm512_add_ps(facc[t], macc[t]);
-        if (nvalid == AROWS)
-            _mm512_storeu_ps(y + t * ldy, o);
-        else
-            _mm512_mask_storeu_ps(y + t * ldy, mask, o);
+#define AMX_OUT(t)                                                                                 \
+    {                                                                                              \
+        const __m512 o = _mm512_add_ps(f##t, m##t);                                                \
+        if (nvalid == AROWS)                                                                       \
+            _mm512_storeu_ps(y + (t) * ldy, o);                                                    \
+        else                                                                                       \
+            _mm512_mask_storeu_ps(y + (t) * ldy, mask, o);                                         \
     }
+    AMX_REP16(AMX_OUT)
+#undef AMX_OUT
 }
 
 AATTR void ql__cpu_mm_panels_amx(const ql__cpu_mm_args_t *a) {
@@ -188,19 +234,31 @@ AATTR void ql__cpu_mm_panels_amx(const ql__cpu_mm_args_t *a) {
     const int p4 = w->_pack == QL_CPU_PACK_P4, has_min = ql__cpu_type_has_min(kt);
     const int64_t qbytes = p4 ? 256 : 512, bbytes = (int64_t)w->_panel_bytes / nb;
     const int corr = ql__cpu_type_offset(kt); /* s8 × s8: no +128 bias for P8S */
-    /* the split panel: on the stack up to AMX_STACK_BLOCKS blocks (n_in 4096), else the heap */
-    _Alignas(64) uint8_t stack_scr[AMX_STACK_BLOCKS * 512];
-    uint8_t *bscr = stack_scr, *heap = NULL;
-    if (p4 && nb > AMX_STACK_BLOCKS) {
-        if (posix_memalign((void **)&heap, 64, (size_t)nb * 512) != 0) {
+    /* scratch: the split panel, then the chunk's transposed scales (AMX_SCR_PER_BLOCK) */
+    _Alignas(64) uint8_t stack_scr[AMX_STACK_BYTES];
+    uint8_t *scr = stack_scr, *heap = NULL;
+    if ((size_t)nb * AMX_SCR_PER_BLOCK > sizeof(stack_scr)) {
+        if (posix_memalign((void **)&heap, 64, (size_t)nb * AMX_SCR_PER_BLOCK) != 0) {
             ql__cpu_mm_panels_avx512vnni(a); /* no scratch: the same bits, without tiles */
             return;
         }
-        bscr = heap;
+        scr = heap;
     }
+    uint8_t *bscr = scr;
+    float *gsc = (float *)(scr + nb * 512); /* group i: d, s, sum at gsc + (3i + 0|1|2)·nb·16 */
     amx_config();
     for (int64_t tc = 0; tc < n16; tc += ATOKEN_CHUNK) {
         const int64_t tce = QL_MIN(n16, tc + ATOKEN_CHUNK);
+        for (int64_t g = tc; g < tce; g += AROWS) {
+            float *gd = gsc + (g - tc) / AROWS * 3 * nb * AROWS, *gs = gd + nb * AROWS;
+            int32_t *gsum = (int32_t *)(gs + nb * AROWS);
+            for (int t = 0; t < AROWS; t++)
+                for (int64_t b = 0; b < nb; b++) {
+                    gd[b * AROWS + t] = x->d[(g + t) * nb + b];
+                    gs[b * AROWS + t] = x->s[(g + t) * nb + b];
+                    gsum[b * AROWS + t] = x->sum[(g + t) * nb + b];
+                }
+        }
         for (int64_t p = a->p0; p < a->p1; p++) {
             const uint8_t *pb = (const uint8_t *)w->_packed + (size_t)p * w->_panel_bytes;
             const int64_t row0 = p * AROWS;
@@ -218,9 +276,24 @@ AATTR void ql__cpu_mm_panels_amx(const ql__cpu_mm_args_t *a) {
                 bstride = 512;
                 AMX_MEM_BARRIER();
             }
-            for (int64_t g = tc; g < tce; g += AROWS)
-                amx_group(pb, qbytes, bbytes, bsrc, bstride, nb, corr, has_min, x, g,
-                          a->y + g * a->ldy + row0, a->ldy, nvalid);
+            for (int64_t g = tc; g < tce; g += AROWS) {
+                const float *gd = gsc + (g - tc) / AROWS * 3 * nb * AROWS, *gs = gd + nb * AROWS;
+                const int32_t *gsum = (const int32_t *)(gs + nb * AROWS);
+                const int8_t *qa = x->qs + g * n_in;
+                float *yg = a->y + g * a->ldy + row0;
+                if (corr == 0 && has_min) /* Q4_1, Q5_1 */
+                    amx_group(pb, qbytes, bbytes, bsrc, bstride, nb, 0, 1, qa, n_in, gd, gs, gsum,
+                              yg, a->ldy, nvalid);
+                else if (corr == 0) /* Q8_0, K-quants as Q8_0 */
+                    amx_group(pb, qbytes, bbytes, bsrc, bstride, nb, 0, 0, qa, n_in, gd, gs, gsum,
+                              yg, a->ldy, nvalid);
+                else if (!has_min) /* Q4_0, Q5_0 */
+                    amx_group(pb, qbytes, bbytes, bsrc, bstride, nb, corr, 0, qa, n_in, gd, gs,
+                              gsum, yg, a->ldy, nvalid);
+                else
+                    amx_group(pb, qbytes, bbytes, bsrc, bstride, nb, corr, 1, qa, n_in, gd, gs,
+                              gsum, yg, a->ldy, nvalid);
+            }
         }
     }
     _tile_release();
