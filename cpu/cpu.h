@@ -100,6 +100,10 @@ typedef struct ql_cpu_act_s {
     float *d;     /* [n_tok][n_in / 32] */
     float *s;     /* [n_tok][n_in / 32] */
     int32_t *sum; /* [n_tok][n_in / 32] */
+    /* NOTE(act-groups): d, s and sum again, per group of 16 tokens and transposed:
+     * [n_tok / 16 rounded up][3][n_in / 32][16] (sum as int32 bits), the layout the AMX
+     * matmul reads. NULL in a view whose first token is not a group's first. */
+    float *g;
 } ql_cpu_act_t;
 
 /** Bytes ql_cpu_act_bind() needs for up to n_tok rows of n_in (n_in a multiple of 32 for

@@ -28,8 +28,9 @@
  * 2× for small k and +40 ns for any k ≥ 32; vpaddd, vpandd, vaddps cost nothing extra).
  * The float steps all run in that window, so they convert isum with an integer add and a
  * float subtract (amx_i2f: exact, the same bits as vcvtdq2ps) and read each token's block
- * scales from a transposed copy ([block][token], made once per token chunk) through one
- * pointer. Splitting the tile work and the float steps into separate phases, so that the
+ * scales from the group's transposed copy ([block][token], NOTE(act-groups), written by the
+ * quantizer) through one pointer. Transposing them here instead, at every call, cost 6% of
+ * a decode step at batch 32, which calls this kernel once per chunk of panels. Splitting the tile work and the float steps into separate phases, so that the
  * fmas run outside the window, was slower: the two phases then do not overlap at all.
  *
  * NOTE(amx-prefetch): the float steps of block b prefetch block b of the next panel into
@@ -38,7 +39,8 @@
  * split has already read, so the split waited on DRAM: the split's loop had 19% of this
  * kernel's samples at batch 32 (bench-forward --tg 16 --batch 32), 13% after.
  *
- * Tokens past the last full group of 16, and f16/f32 weights, go to the VNNI kernel.
+ * Tokens past the last full group of 16, f16/f32 weights, and activations without their
+ * group copy (a view that does not start at a group, NOTE(act-groups)) go to the VNNI kernel.
  * Linux hands out the tile state only on request (ARCH_REQ_XCOMP_PERM): cpu/features.c
  * asks once, and QL_CPU_ISA_AMX is supported only when that succeeded.
  */
@@ -53,11 +55,7 @@
 
 #define AROWS 16        /* rows per panel = tokens per group = C tile rows */
 #define ATOKEN_CHUNK 64 /* tokens whose activations stay in cache while panels stream by */
-#define AGROUPS (ATOKEN_CHUNK / AROWS)
-/* scratch per block: its nibble-split B tile (512 bytes, P4 only) and, per group of the
- * chunk, its tokens' d, s and sum (3 × 16 × 4 bytes) */
-#define AMX_SCR_PER_BLOCK (512 + AGROUPS * 3 * AROWS * 4)
-#define AMX_STACK_BYTES (96 * 1024) /* on the stack up to n_in 2432, else the heap */
+#define AMX_STACK_BLOCKS 128 /* 64 KiB of split panel on the stack */
 
 /* Tile registers (literal numbers: the intrinsics paste them into the instruction): block j
  * of a group goes to C(j mod 4) from A/B(j mod 2), NOTE(amx-pipe). */
@@ -225,7 +223,7 @@ AATTR void ql__cpu_mm_panels_amx(const ql__cpu_mm_args_t *a) {
     const ql_cpu_act_t *x = a->x;
     const int kt = w->_ktype;
     const int64_t n16 = x->n_tok / AROWS * AROWS;
-    if (kt == QL_DTYPE_F32 || kt == QL_DTYPE_F16 || n16 == 0) {
+    if (kt == QL_DTYPE_F32 || kt == QL_DTYPE_F16 || n16 == 0 || !x->g) {
         ql__cpu_mm_panels_avx512vnni(a);
         return;
     }
@@ -234,31 +232,19 @@ AATTR void ql__cpu_mm_panels_amx(const ql__cpu_mm_args_t *a) {
     const int p4 = w->_pack == QL_CPU_PACK_P4, has_min = ql__cpu_type_has_min(kt);
     const int64_t qbytes = p4 ? 256 : 512, bbytes = (int64_t)w->_panel_bytes / nb;
     const int corr = ql__cpu_type_offset(kt); /* s8 × s8: no +128 bias for P8S */
-    /* scratch: the split panel, then the chunk's transposed scales (AMX_SCR_PER_BLOCK) */
-    _Alignas(64) uint8_t stack_scr[AMX_STACK_BYTES];
-    uint8_t *scr = stack_scr, *heap = NULL;
-    if ((size_t)nb * AMX_SCR_PER_BLOCK > sizeof(stack_scr)) {
-        if (posix_memalign((void **)&heap, 64, (size_t)nb * AMX_SCR_PER_BLOCK) != 0) {
+    /* the split panel: on the stack up to AMX_STACK_BLOCKS blocks (n_in 4096), else the heap */
+    _Alignas(64) uint8_t stack_scr[AMX_STACK_BLOCKS * 512];
+    uint8_t *bscr = stack_scr, *heap = NULL;
+    if (p4 && nb > AMX_STACK_BLOCKS) {
+        if (posix_memalign((void **)&heap, 64, (size_t)nb * 512) != 0) {
             ql__cpu_mm_panels_avx512vnni(a); /* no scratch: the same bits, without tiles */
             return;
         }
-        scr = heap;
+        bscr = heap;
     }
-    uint8_t *bscr = scr;
-    float *gsc = (float *)(scr + nb * 512); /* group i: d, s, sum at gsc + (3i + 0|1|2)·nb·16 */
     amx_config();
     for (int64_t tc = 0; tc < n16; tc += ATOKEN_CHUNK) {
         const int64_t tce = QL_MIN(n16, tc + ATOKEN_CHUNK);
-        for (int64_t g = tc; g < tce; g += AROWS) {
-            float *gd = gsc + (g - tc) / AROWS * 3 * nb * AROWS, *gs = gd + nb * AROWS;
-            int32_t *gsum = (int32_t *)(gs + nb * AROWS);
-            for (int t = 0; t < AROWS; t++)
-                for (int64_t b = 0; b < nb; b++) {
-                    gd[b * AROWS + t] = x->d[(g + t) * nb + b];
-                    gs[b * AROWS + t] = x->s[(g + t) * nb + b];
-                    gsum[b * AROWS + t] = x->sum[(g + t) * nb + b];
-                }
-        }
         for (int64_t p = a->p0; p < a->p1; p++) {
             const uint8_t *pb = (const uint8_t *)w->_packed + (size_t)p * w->_panel_bytes;
             const int64_t row0 = p * AROWS;
@@ -277,7 +263,7 @@ AATTR void ql__cpu_mm_panels_amx(const ql__cpu_mm_args_t *a) {
                 AMX_MEM_BARRIER();
             }
             for (int64_t g = tc; g < tce; g += AROWS) {
-                const float *gd = gsc + (g - tc) / AROWS * 3 * nb * AROWS, *gs = gd + nb * AROWS;
+                const float *gd = x->g + g / AROWS * 3 * nb * AROWS, *gs = gd + nb * AROWS;
                 const int32_t *gsum = (const int32_t *)(gs + nb * AROWS);
                 const int8_t *qa = x->qs + g * n_in;
                 float *yg = a->y + g * a->ldy + row0;
@@ -306,6 +292,7 @@ AATTR void ql__cpu_mm_panels_amx(const ql__cpu_mm_args_t *a) {
     tail.d += n16 * nb;
     tail.s += n16 * nb;
     tail.sum += n16 * nb;
+    tail.g = NULL;
     if (tail.f32) tail.f32 += n16 * x->ld_f32;
     ql__cpu_mm_args_t ta = *a;
     ta.x = &tail;

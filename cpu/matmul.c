@@ -72,8 +72,9 @@ static size_t round64(size_t n) {
 
 size_t ql_cpu_act_bytes(int64_t n_tok, int64_t n_in) {
     if (n_tok <= 0 || n_in <= 0 || n_in % QL_CPU_QK) return 0;
-    const size_t nb = (size_t)(n_in / QL_CPU_QK);
-    return round64((size_t)n_tok * (size_t)n_in) + 3 * round64((size_t)n_tok * nb * 4);
+    const size_t nb = (size_t)(n_in / QL_CPU_QK), ng = ((size_t)n_tok + 15) / 16;
+    return round64((size_t)n_tok * (size_t)n_in) + 3 * round64((size_t)n_tok * nb * 4) +
+           round64(ng * 3 * nb * 16 * 4);
 }
 
 void ql_cpu_act_bind(ql_cpu_act_t *a, void *mem, int64_t n_tok, int64_t n_in, const float *x,
@@ -93,6 +94,8 @@ void ql_cpu_act_bind(ql_cpu_act_t *a, void *mem, int64_t n_tok, int64_t n_in, co
     a->s = (float *)p;
     p += round64((size_t)n_tok * nb * 4);
     a->sum = (int32_t *)p;
+    p += round64((size_t)n_tok * nb * 4);
+    a->g = (float *)p;
 }
 
 void ql_cpu_act_quantize(ql_cpu_isa_t isa, ql_cpu_act_t *a, int64_t t0, int64_t t1) {
@@ -101,6 +104,14 @@ void ql_cpu_act_quantize(ql_cpu_isa_t isa, ql_cpu_act_t *a, int64_t t0, int64_t 
     for (int64_t t = t0; t < t1; t++) {
         DISPATCH(isa, ql__cpu_quantize_act, a->f32 + t * a->ld_f32, a->n_in, a->qs + t * a->n_in,
                  a->d + t * nb, a->s + t * nb, a->sum + t * nb)
+        if (!a->g) continue;
+        float *gd = a->g + t / 16 * 3 * nb * 16 + t % 16, *gs = gd + nb * 16;
+        int32_t *gsum = (int32_t *)(void *)(gs + nb * 16);
+        for (int64_t b = 0; b < nb; b++) {
+            gd[b * 16] = a->d[t * nb + b];
+            gs[b * 16] = a->s[t * nb + b];
+            gsum[b * 16] = a->sum[t * nb + b];
+        }
     }
 }
 
