@@ -128,19 +128,26 @@ static ql_mkmodel_shape_t shape_llama3(void) {
     return s;
 }
 
-static ql_backend_t *backend_open(const model_t *m, int n_threads, int32_t block_size) {
+#define STEP_TOKENS_MAX 192 /* step()'s limit; backend_open's default batch is 96 */
+
+static ql_backend_t *backend_open_n(const model_t *m, int n_threads, int32_t block_size,
+                                    int32_t n_batch_tokens) {
     ql_backend_params_t p = {.n_threads = n_threads,
                              .kv_cache_bytes = 0,
                              .block_size = block_size,
-                             .n_batch_tokens_max = 96,
+                             .n_batch_tokens_max = n_batch_tokens,
                              .n_seqs_max = 8,
-                             .n_logits_max = 96,
+                             .n_logits_max = n_batch_tokens,
                              .n_ctx_max = 128};
     ql_backend_t *be = NULL;
     char err[256];
     int rc = ql_cpu_backend_init(m->g, &p, &be, err, sizeof(err));
     if (rc) fail_msg("backend init: %s (%s)", err, ql_strerror(rc));
     return be;
+}
+
+static ql_backend_t *backend_open(const model_t *m, int n_threads, int32_t block_size) {
+    return backend_open_n(m, n_threads, block_size, 96);
 }
 
 /* ---- the independent reference: dense, double precision, one sequence ---- */
@@ -394,11 +401,13 @@ static void step(ql_backend_t *be, seq_t **seqs, const int *count, int n, int al
                  pool_t *pool) {
     const ql_backend_info_t *info = ql_backend_info(be);
     const int64_t V = info->n_vocab;
-    int32_t tokens[96], pos[96], seq_of[96], rows[96], n_blocks[8], seq_len[8];
+    int32_t tokens[STEP_TOKENS_MAX], pos[STEP_TOKENS_MAX], seq_of[STEP_TOKENS_MAX],
+        rows[STEP_TOKENS_MAX], n_blocks[8], seq_len[8];
     const int32_t *tables[8];
     int nt = 0, nl = 0;
     for (int i = 0; i < n; i++) {
         seq_t *s = seqs[i];
+        assert_true(nt + count[i] <= STEP_TOKENS_MAX);
         seq_reserve(s, pool, s->n_done + count[i], info->kv.block_size);
         for (int j = 0; j < count[i]; j++, nt++) {
             tokens[nt] = s->tok[s->n_done + j];
@@ -673,6 +682,54 @@ static void test_paths_and_threads_agree(void **state) {
     model_drop(&m);
 }
 
+/* A step of 160 tokens (two prompts, every row's logits) on 2 and 3 threads: the matmuls
+ * split the tokens among the threads (NOTE(token-split) in cpu/forward.c; 64-token chunks,
+ * the last one 32 tokens), and on AMX each chunk reads its groups' scale copies
+ * (NOTE(act-groups)). The bits must be the portable path's on one thread, for a model with
+ * q/k/v biases and a Q4_1 one (the AMX min term) and a Q5_0 one without. */
+static void test_token_split_agrees(void **state) {
+    (void)state;
+    ql_mkmodel_shape_t shapes[2] = {shape_qwen2(), shape_llama()};
+    const int types[2] = {QL_DTYPE_Q4_1, QL_DTYPE_Q5_0};
+    for (int k = 0; k < 2; k++) {
+        model_t m;
+        model_make(&m, &shapes[k], types[k], 21 + k);
+        const int64_t V = shapes[k].n_vocab;
+        seq_t ref[2];
+        const char *isas[] = {"portable", NULL, NULL};
+        const int threads[] = {1, 2, 3};
+        for (size_t r = 0; r < QL_ARRAY_LEN(isas); r++) {
+            if (isas[r]) setenv("QL_CPU_ISA", isas[r], 1);
+            ql_backend_t *be = backend_open_n(&m, threads[r], 16, 160);
+            unsetenv("QL_CPU_ISA");
+            print_message("model %d: path %s, %d threads\n", k,
+                          ql_cpu_isa_name(ql__cpu_backend_isa(be)), threads[r]);
+            pool_t pool;
+            pool_init(&pool, ql_backend_info(be)->kv.n_blocks, 5);
+            seq_t s[2], *sp[2] = {&s[0], &s[1]};
+            seq_init(&s[0], 90, V, 31);
+            seq_init(&s[1], 70, V, 32);
+            const int count[2] = {90, 70};
+            step(be, sp, count, 2, 1, &pool);
+            for (int i = 0; i < 2; i++) {
+                if (r == 0) {
+                    ref[i] = s[i];
+                    continue;
+                }
+                if (memcmp(s[i].logits, ref[i].logits, sizeof(float) * (size_t)(count[i] * V)))
+                    fail_msg("model %d, %d threads: sequence %d's logits differ from the "
+                             "portable path's",
+                             k, threads[r], i);
+                free(s[i].logits);
+            }
+            ql_backend_free(be);
+        }
+        free(ref[0].logits);
+        free(ref[1].logits);
+        model_drop(&m);
+    }
+}
+
 /* copy_blocks: a sequence forked onto a copy of its last, partly filled block continues
  * exactly as the original does, and writing to the copy leaves the original alone. */
 static void test_copy_blocks(void **state) {
@@ -803,6 +860,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bad_batches),      cmocka_unit_test(test_matches_dense_reference),
         cmocka_unit_test(test_batch_invariance), cmocka_unit_test(test_paths_and_threads_agree),
+        cmocka_unit_test(test_token_split_agrees),
         cmocka_unit_test(test_copy_blocks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
