@@ -180,7 +180,8 @@ QL_API void ql_cpu_f32_to_f16(ql_cpu_isa_t isa, const float *x, uint16_t *y, int
 
 /* ---- reference ops (plain C; what the CUDA kernels are tested against) ---- */
 
-/** out[t][i] = x[t][i] / sqrt(mean_i(x[t]²) + eps) · w[i]; the mean accumulates in double.
+/** out[t][i] = x[t][i] / sqrt(mean_i(x[t]²) + eps) · w[i]; the mean accumulates in 8 double
+ *  lanes (NOTE(rmsnorm-lanes) in ops.c).
  *  out may equal x. w may be NULL (no gain). */
 QL_API void ql_cpu_rmsnorm(float *out, const float *x, const float *w, int64_t n_tok, int64_t dim,
                            float eps);

@@ -21,8 +21,15 @@ void ql_cpu_rmsnorm(float *out, const float *x, const float *w, int64_t n_tok, i
     for (int64_t t = 0; t < n_tok; t++) {
         const float *xt = x + t * dim;
         float *ot = out + t * dim;
-        double sum = 0.0;
-        for (int64_t i = 0; i < dim; i++) sum += (double)(xt[i] * xt[i]);
+        /* NOTE(rmsnorm-lanes): x_i² (a float) adds into double lane i mod 8, and the lanes
+         * reduce as ((l0+l4)+(l2+l6))+((l1+l5)+(l3+l7)). One running sum was a chain of dim
+         * dependent adds (3% of a decode step at batch 32); the lanes run side by side. */
+        double l[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+        int64_t k = 0;
+        for (; k + 8 <= dim; k += 8)
+            for (int j = 0; j < 8; j++) l[j] += (double)(xt[k + j] * xt[k + j]);
+        for (; k < dim; k++) l[k & 7] += (double)(xt[k] * xt[k]);
+        const double sum = ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
         const float mean = (float)(sum / (double)dim);
         const float scale = 1.0f / sqrtf(mean + eps);
         if (w) {
