@@ -113,6 +113,9 @@ QL_API size_t ql_cpu_act_bytes(int64_t n_tok, int64_t n_in);
  *  and sets its shape and f32 view. Borrows both. */
 QL_API void ql_cpu_act_bind(ql_cpu_act_t *a, void *mem, int64_t n_tok, int64_t n_in, const float *x,
                             int64_t ld_x);
+/** *v := the tokens [t0, t1) of x (borrowed; the group copy only when t0 is a multiple of 16,
+ *  NOTE(act-groups)). */
+QL_API void ql_cpu_act_view(ql_cpu_act_t *v, const ql_cpu_act_t *x, int64_t t0, int64_t t1);
 /** Quantizes rows [t0, t1) of a->f32 into a's blocks. */
 QL_API void ql_cpu_act_quantize(ql_cpu_isa_t isa, ql_cpu_act_t *a, int64_t t0, int64_t t1);
 

@@ -202,17 +202,8 @@ static void mm_rows(const mm_part_t *m, int c, int64_t *r0, int64_t *r1) {
 /* Rows [r0, r1) of m for tokens [t0, t1) of x, then the bias and the residual add there. */
 static void mm_block(const mm_part_t *m, const ql_cpu_act_t *x, int64_t r0, int64_t r1, int64_t t0,
                      int64_t t1) {
-    ql_cpu_act_t v = *x; /* a view of the tokens [t0, t1) */
-    const int64_t nb = x->n_in / QL_CPU_QK;
-    v.n_tok = t1 - t0;
-    if (v.f32) v.f32 += t0 * x->ld_f32;
-    if (v.qs) {
-        v.qs += t0 * x->n_in;
-        v.d += t0 * nb;
-        v.s += t0 * nb;
-        v.sum += t0 * nb;
-        v.g = v.g && t0 % 16 == 0 ? v.g + t0 / 16 * 3 * nb * 16 : NULL; /* NOTE(act-groups) */
-    }
+    ql_cpu_act_t v;
+    ql_cpu_act_view(&v, x, t0, t1);
     ql_cpu_matmul_rows(m->w, &v, m->y + t0 * m->ldy, m->ldy, r0, r1);
     if (m->bias)
         for (int64_t t = t0; t < t1; t++)

@@ -286,14 +286,8 @@ AATTR void ql__cpu_mm_panels_amx(const ql__cpu_mm_args_t *a) {
     free(heap);
     if (n16 == x->n_tok) return;
     /* the tail: a view of the last tokens for the VNNI kernel */
-    ql_cpu_act_t tail = *x;
-    tail.n_tok = x->n_tok - n16;
-    tail.qs += n16 * n_in;
-    tail.d += n16 * nb;
-    tail.s += n16 * nb;
-    tail.sum += n16 * nb;
-    tail.g = NULL;
-    if (tail.f32) tail.f32 += n16 * x->ld_f32;
+    ql_cpu_act_t tail;
+    ql_cpu_act_view(&tail, x, n16, x->n_tok);
     ql__cpu_mm_args_t ta = *a;
     ta.x = &tail;
     ta.y = a->y + n16 * a->ldy;

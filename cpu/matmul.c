@@ -98,6 +98,20 @@ void ql_cpu_act_bind(ql_cpu_act_t *a, void *mem, int64_t n_tok, int64_t n_in, co
     a->g = (float *)p;
 }
 
+void ql_cpu_act_view(ql_cpu_act_t *v, const ql_cpu_act_t *x, int64_t t0, int64_t t1) {
+    QL_ASSERT(0 <= t0 && t0 <= t1 && t1 <= x->n_tok);
+    *v = *x;
+    v->n_tok = t1 - t0;
+    if (v->f32) v->f32 += t0 * x->ld_f32;
+    if (!v->qs) return;
+    const int64_t nb = x->n_in / QL_CPU_QK;
+    v->qs += t0 * x->n_in;
+    v->d += t0 * nb;
+    v->s += t0 * nb;
+    v->sum += t0 * nb;
+    v->g = v->g && t0 % 16 == 0 ? v->g + t0 / 16 * 3 * nb * 16 : NULL;
+}
+
 void ql_cpu_act_quantize(ql_cpu_isa_t isa, ql_cpu_act_t *a, int64_t t0, int64_t t1) {
     QL_ASSERT(a->qs && a->n_in % QL_CPU_QK == 0);
     const int64_t nb = a->n_in / QL_CPU_QK;
