@@ -149,7 +149,8 @@ static void phase_open(walker_t *w, int n) {
 static int phase_next(walker_t *w) {
     phase_t *ph = &w->be->ph[w->p];
     if (atomic_fetch_add_explicit(&ph->next, 1, memory_order_relaxed) >= w->n) return -1;
-    if (w->from_back) return w->n - 1 - atomic_fetch_add_explicit(&ph->back, 1, memory_order_relaxed);
+    if (w->from_back)
+        return w->n - 1 - atomic_fetch_add_explicit(&ph->back, 1, memory_order_relaxed);
     return atomic_fetch_add_explicit(&ph->front, 1, memory_order_relaxed);
 }
 static void phase_chunk_done(walker_t *w) {
@@ -237,6 +238,19 @@ static int64_t mm_token_chunk(int64_t n, int nth) {
     if (nth < 2 || n < MM_TOKEN_SPLIT_MIN) return 0;
     const int64_t ct = (chunk_size(n, nth) + 15) / 16 * 16;
     return QL_MAX(ct, (int64_t)MM_TOKEN_CHUNK_MIN);
+}
+
+/* A matmul phase of one weight: by tokens when mct > 0 (NOTE(token-split)), else by panels. */
+static void mm_phase(walker_t *w, const mm_part_t *m, const ql_cpu_act_t *x, int64_t mct) {
+    const int64_t T = x->n_tok;
+    if (mct) {
+        FOR_CHUNKS(w, (int)((T + mct - 1) / mct), c) {
+            const int64_t t0 = (int64_t)c * mct, t1 = QL_MIN(T, t0 + mct);
+            mm_block(m, x, 0, m->w->n_out, t0, t1);
+        }
+    } else {
+        FOR_CHUNKS(w, m->n_chunks, c) mm_chunk(m, x, c);
+    }
 }
 
 static void norm_quantize(cpu_backend_t *be, ql_cpu_act_t *a, float *dst, const float *src,
@@ -352,14 +366,7 @@ static void forward_task(void *ctx, int ith, int nth) {
         }
         /* F: x += o·Woᵀ */
         mm_setup(&m[0], &L->wo, be->xn, E, NULL, be->x, nth);
-        if (mct) {
-            FOR_CHUNKS(&w, n_mm_chunks, c) {
-                MM_TOKENS(c);
-                mm_block(&m[0], &a, 0, E, t0, t1);
-            }
-        } else {
-            FOR_CHUNKS(&w, m[0].n_chunks, c) mm_chunk(&m[0], &a, c);
-        }
+        mm_phase(&w, &m[0], &a, mct);
         /* G: x̂ = RMSNorm(x)·g, quantized */
         ql_cpu_act_bind(&a, be->qact, T, E, be->xn, E);
         FOR_CHUNKS(&w, n_tok_chunks, c) {
@@ -397,14 +404,7 @@ static void forward_task(void *ctx, int ith, int nth) {
         }
         /* J: x += h·Wdᵀ */
         mm_setup(&m[0], &L->wd, be->xn, E, NULL, be->x, nth);
-        if (mct) {
-            FOR_CHUNKS(&w, n_mm_chunks, c) {
-                MM_TOKENS(c);
-                mm_block(&m[0], &a, 0, E, t0, t1);
-            }
-        } else {
-            FOR_CHUNKS(&w, m[0].n_chunks, c) mm_chunk(&m[0], &a, c);
-        }
+        mm_phase(&w, &m[0], &a, mct);
     }
 
     /* logits rows: final norm, then the head */
@@ -419,15 +419,7 @@ static void forward_task(void *ctx, int ith, int nth) {
         a.n_tok = NL;
         mm_part_t mo;
         mm_setup(&mo, &be->out, be->logits, be->n_vocab, NULL, NULL, nth);
-        const int64_t lct = mm_token_chunk(NL, nth);
-        if (lct) {
-            FOR_CHUNKS(&w, (int)((NL + lct - 1) / lct), c) {
-                const int64_t i0 = (int64_t)c * lct, i1 = QL_MIN(NL, i0 + lct);
-                mm_block(&mo, &a, 0, be->n_vocab, i0, i1);
-            }
-        } else {
-            FOR_CHUNKS(&w, mo.n_chunks, c) mm_chunk(&mo, &a, c);
-        }
+        mm_phase(&w, &mo, &a, mm_token_chunk(NL, nth));
     }
     QL_ASSERT(w.p <= be->n_phases);
 #undef TOKENS

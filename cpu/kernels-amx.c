@@ -30,8 +30,9 @@
  * float subtract (amx_i2f: exact, the same bits as vcvtdq2ps) and read each token's block
  * scales from the group's transposed copy ([block][token], NOTE(act-groups), written by the
  * quantizer) through one pointer. Transposing them here instead, at every call, cost 6% of
- * a decode step at batch 32, which calls this kernel once per chunk of panels. Splitting the tile work and the float steps into separate phases, so that the
- * fmas run outside the window, was slower: the two phases then do not overlap at all.
+ * a decode step at batch 32, which calls this kernel once per chunk of panels. Splitting
+ * the tile work and the float steps into separate phases, so that the fmas run outside the
+ * window, was slower: the two phases then do not overlap at all.
  *
  * NOTE(amx-prefetch): the float steps of block b prefetch block b of the next panel into
  * L2, one panel ahead. The VNNI kernels' fixed QL__CPU_PREFETCH (4 KiB) points inside the
