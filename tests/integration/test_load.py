@@ -23,14 +23,21 @@ def post(obj, path="/v1/completions"):
             f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
 
-class Load(unittest.TestCase):
+class ServerCase(unittest.TestCase):
+    """A server on the tiny model for the whole class, which must exit cleanly at the end."""
+    MAX_NUM_SEQS = None
+
     @classmethod
     def setUpClass(cls):
-        cls.srv = Server(H.tiny_model(), "--max-num-seqs", "64")
+        cls.srv = Server(H.tiny_model(), "--max-num-seqs", str(cls.MAX_NUM_SEQS))
 
     @classmethod
     def tearDownClass(cls):
         cls.srv.assert_clean_exit(unittest.TestCase())
+
+
+class Load(ServerCase):
+    MAX_NUM_SEQS = 64
 
     def test_64_streams(self):
         prompts = [f"request number {i} says hello" for i in range(N_CLIENTS)]
@@ -97,14 +104,8 @@ def churn_request(r):
     return post(obj, "/v1/chat/completions" if chat else "/v1/completions"), stream, n
 
 
-class Churn(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.srv = Server(H.tiny_model(), "--max-num-seqs", "8")
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.srv.assert_clean_exit(unittest.TestCase())
+class Churn(ServerCase):
+    MAX_NUM_SEQS = 8
 
     def test_keepalive_and_hangups(self):
         before = self.srv.metrics()["quill:request_cancelled_total"]
