@@ -233,6 +233,7 @@ AATTR void ql__cpu_mm_panels_amx(const ql__cpu_mm_args_t *a) {
     const int p4 = w->_pack == QL_CPU_PACK_P4, has_min = ql__cpu_type_has_min(kt);
     const int64_t qbytes = p4 ? 256 : 512, bbytes = (int64_t)w->_panel_bytes / nb;
     const int corr = ql__cpu_type_offset(kt); /* s8 × s8: no +128 bias for P8S */
+    QL_ASSERT(!(corr && has_min)); /* no type has both: amx_group's three variants below */
     /* the split panel: on the stack up to AMX_STACK_BLOCKS blocks (n_in 4096), else the heap */
     _Alignas(64) uint8_t stack_scr[AMX_STACK_BLOCKS * 512];
     uint8_t *bscr = stack_scr, *heap = NULL;
@@ -268,17 +269,14 @@ AATTR void ql__cpu_mm_panels_amx(const ql__cpu_mm_args_t *a) {
                 const int32_t *gsum = (const int32_t *)(gs + nb * AROWS);
                 const int8_t *qa = x->qs + g * n_in;
                 float *yg = a->y + g * a->ldy + row0;
-                if (corr == 0 && has_min) /* Q4_1, Q5_1 */
+                if (has_min) /* Q4_1, Q5_1 */
                     amx_group(pb, qbytes, bbytes, bsrc, bstride, nb, 0, 1, qa, n_in, gd, gs, gsum,
                               yg, a->ldy, nvalid);
                 else if (corr == 0) /* Q8_0, K-quants as Q8_0 */
                     amx_group(pb, qbytes, bbytes, bsrc, bstride, nb, 0, 0, qa, n_in, gd, gs, gsum,
                               yg, a->ldy, nvalid);
-                else if (!has_min) /* Q4_0, Q5_0 */
+                else /* Q4_0, Q5_0 */
                     amx_group(pb, qbytes, bbytes, bsrc, bstride, nb, corr, 0, qa, n_in, gd, gs,
-                              gsum, yg, a->ldy, nvalid);
-                else
-                    amx_group(pb, qbytes, bbytes, bsrc, bstride, nb, corr, 1, qa, n_in, gd, gs,
                               gsum, yg, a->ldy, nvalid);
             }
         }
